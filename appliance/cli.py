@@ -1,0 +1,278 @@
+"""The ``tillbox`` command line.
+
+Every command takes ``--data-dir`` (default: ``$TILLBOX_DATA_DIR`` or
+``/var/lib/tillbox``) and ``--config`` (default: ``tillbox.toml`` in the data
+dir when present, else built-in defaults). Errors print one line and exit
+non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from appliance import __version__
+from appliance.errors import InputError, TillboxError
+
+if TYPE_CHECKING:
+    from appliance.config import Config
+    from appliance.till import Till
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA_DIR = "/var/lib/tillbox"
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_VERIFY_FAILED = 3
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("TILLBOX_DATA_DIR", DEFAULT_DATA_DIR)),
+        help="directory holding the ledger and config (default: $TILLBOX_DATA_DIR or %(default)s)",
+    )
+    common.add_argument("--config", type=Path, help="config file (default: DATA_DIR/tillbox.toml if present)")
+    common.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(prog="tillbox", description="Raspberry Pi till and self-checkout appliance.")
+    parser.add_argument("--version", action="version", version=f"tillbox {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    catalog = sub.add_parser("catalog", help="manage the item catalog").add_subparsers(dest="action", required=True)
+    imp = catalog.add_parser("import", parents=[common], help="import items from CSV or JSON Lines")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--skip-bad", action="store_true", help="import the good rows and report the bad ones")
+    promo = catalog.add_parser("promotions", parents=[common], help="import promotions from JSON Lines")
+    promo.add_argument("file", type=Path)
+    find = catalog.add_parser("lookup", parents=[common], help="look up a barcode, SKU or name")
+    find.add_argument("text")
+
+    ledger = sub.add_parser("ledger", help="inspect the ledger").add_subparsers(dest="action", required=True)
+    ver = ledger.add_parser("verify", parents=[common], help="check the hash chain and that sales match it")
+    ver.add_argument("--json", action="store_true")
+    ver.add_argument("--no-quick-check", action="store_true", help="skip SQLite's file-level check")
+
+    sale = sub.add_parser("sale", parents=[common], help="ring a scripted test sale")
+    sale.add_argument("--scan", action="append", required=True, metavar="CODE", help="a scanned code (repeat)")
+    sale.add_argument(
+        "--pay", action="append", required=True, metavar="TENDER",
+        help="cash:AMOUNT, cash (exact), card or card:AMOUNT; repeat for split tender",
+    )  # fmt: skip
+    sale.add_argument("--cashier", default="technician", help="who rings the sale (default: %(default)s)")
+    sale.add_argument("--json", action="store_true", help="print the sale as JSON instead of a receipt")
+
+    cfg = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True)
+    cfg.add_parser("check", parents=[common], help="validate the config file")
+    cfg.add_parser("reference", help="print the config reference (Markdown)")
+
+    demo = sub.add_parser("demo", parents=[common], help="run a console till with a demo catalog")
+    demo.add_argument("--reset", action="store_true", help="start from an empty data dir")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> tuple[Config, Path]:
+    from appliance.config import load_config
+
+    data_dir: Path = args.data_dir
+    path: Path | None = args.config
+    if path is None and (data_dir / "tillbox.toml").is_file():
+        path = data_dir / "tillbox.toml"
+    return load_config(path), data_dir
+
+
+def _open(args: argparse.Namespace) -> Till:
+    from appliance.till import Till, open_ledger
+    from drivers.payment import SimulatedTerminal
+
+    config, data_dir = _load(args)
+    ledger = open_ledger(config, data_dir)
+    return Till(config, ledger, terminal=SimulatedTerminal())
+
+
+def _parse_pay(values: Sequence[str], till: Till) -> list[tuple[str, int | None]]:
+    payments: list[tuple[str, int | None]] = []
+    for value in values:
+        kind, _, amount = value.partition(":")
+        kind = kind.strip().lower()
+        if kind not in ("cash", "card"):
+            raise InputError(f"--pay {value!r}: the tender must be cash or card")
+        minor = till.currency.to_minor(amount) if amount else None
+        if minor is not None and minor <= 0:
+            raise InputError(f"--pay {value!r}: the amount must be positive")
+        payments.append((kind, minor))
+    return payments
+
+
+def cmd_catalog_import(args: argparse.Namespace) -> int:
+    from appliance.catalog_import import ImportRejected, import_catalog
+    from appliance.clock import iso_utc
+
+    till = _open(args)
+    with till.ledger:
+        try:
+            report = import_catalog(
+                till.ledger, args.file, currency=till.currency,
+                tax_classes=till.config.tax.classes.keys(), layouts=till.layouts,
+                max_price=till.config.sale.max_line_amount, skip_bad=args.skip_bad,
+                time=iso_utc(till.clock.now()),
+            )  # fmt: skip
+        except ImportRejected as exc:
+            for err in exc.report.errors[:50]:
+                print(f"{args.file.name}: {err}", file=sys.stderr)
+            raise
+    for err in report.errors[:50]:
+        print(f"{args.file.name}: skipped {err}", file=sys.stderr)
+    print(f"imported {report.imported} item(s), skipped {report.skipped} bad row(s)")
+    return 0
+
+
+def cmd_catalog_promotions(args: argparse.Namespace) -> int:
+    from appliance.canonical import canonical_json
+    from appliance.clock import iso_utc
+    from appliance.promotions import promotion_from_dict, promotion_to_dict
+
+    till = _open(args)
+    promos = []
+    try:
+        lines = args.file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {args.file}: {exc}") from None
+    for n, text in enumerate(lines, 1):
+        if not text.strip():
+            continue
+        try:
+            from decimal import Decimal
+
+            promos.append(promotion_from_dict(json.loads(text, parse_float=Decimal), till.currency))
+        except (json.JSONDecodeError, TillboxError) as exc:
+            raise InputError(f"{args.file.name} line {n}: {exc}") from None
+    with till.ledger, till.ledger.transaction("importing promotions") as tx:
+        for p in promos:
+            body = canonical_json(promotion_to_dict(p, till.currency))
+            tx.conn.execute(
+                "INSERT INTO promotions(id, body) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET body = excluded.body",
+                (p.id, body),
+            )
+        tx.journal("promotions.imported", {"ids": [p.id for p in promos]}, time=iso_utc(till.clock.now()))
+    print(f"imported {len(promos)} promotion(s)")
+    return 0
+
+
+def cmd_catalog_lookup(args: argparse.Namespace) -> int:
+    from appliance.errors import NotFound
+
+    till = _open(args)
+    with till.ledger:
+        try:
+            items = [till.catalog.lookup(till.parse(args.text))]
+        except (NotFound, InputError):
+            items = till.catalog.search(args.text)
+        if not items:
+            raise InputError(f"nothing matches {args.text!r}")
+        for item in items:
+            price = till.currency.plain(item.price) + ("/kg" if item.weighed else "")
+            print(f"{item.sku}\t{item.name}\t{price}\t{item.tax_class}\t{'|'.join(item.barcodes)}")
+    return 0
+
+
+def cmd_ledger_verify(args: argparse.Namespace) -> int:
+    from appliance.ledger import verify
+
+    till = _open(args)
+    with till.ledger:
+        report = verify(till.ledger, quick_check=not args.no_quick_check)
+    if args.json:
+        print(json.dumps({"ok": report.ok, "entries": report.entries, "sales": report.sales,
+                          "first_bad_seq": report.first_bad_seq, "errors": report.errors}))  # fmt: skip
+    elif report.ok:
+        print(f"ledger ok: {report.entries} journal entries, {report.sales} sales verified")
+    else:
+        for err in report.errors:
+            print(f"ledger verify: {err}", file=sys.stderr)
+    return 0 if report.ok else EXIT_VERIFY_FAILED
+
+
+def cmd_sale(args: argparse.Namespace) -> int:
+    from appliance.receipt import render_text
+    from appliance.till import scripted_sale
+
+    till = _open(args)
+    with till.ledger:
+        payments = _parse_pay(args.pay, till)
+        done = scripted_sale(till, args.scan, payments, cashier=args.cashier)
+    if args.json:
+        print(json.dumps(done.doc, indent=2, sort_keys=True))
+    else:
+        store = till.config.store
+        print(render_text(done.doc, till.currency, store_name=store.name, address=store.address,
+                          tax_id=store.tax_id), end="")  # fmt: skip
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config, _ = _load(args)
+    print(f"config ok: store {config.store.id} device {config.store.device_id}")
+    return 0
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    from appliance.config import render_reference
+
+    print(render_reference(), end="")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from appliance.demo import run_demo
+
+    return run_demo(args)
+
+
+COMMANDS = {
+    ("catalog", "import"): cmd_catalog_import,
+    ("catalog", "promotions"): cmd_catalog_promotions,
+    ("catalog", "lookup"): cmd_catalog_lookup,
+    ("ledger", "verify"): cmd_ledger_verify,
+    ("sale", None): cmd_sale,
+    ("config", "check"): cmd_config_check,
+    ("config", "reference"): cmd_config_reference,
+    ("demo", None): cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tillbox`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    handler = COMMANDS[(args.command, getattr(args, "action", None))]
+    try:
+        return handler(args)
+    except TillboxError as exc:
+        print(f"tillbox: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        print(f"tillbox: error: {exc.strerror or exc} ({exc.filename or ''})".rstrip(" ()"), file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

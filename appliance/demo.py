@@ -1,0 +1,171 @@
+"""Demo mode: a console till over a seeded catalog, simulated devices and a local ledger.
+
+It needs no broker and no hardware. Type or scan a code and press Enter; ``help``
+lists the commands. Commands can also be piped in on standard input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from decimal import Decimal, InvalidOperation
+from importlib import resources
+from pathlib import Path
+from typing import TextIO
+
+from appliance.errors import InputError, TillboxError
+from appliance.money import Currency
+from appliance.receipt import render_text
+from appliance.sale import Discount, Sale
+from appliance.till import Till
+
+HELP = """\
+  CODE                 scan a barcode, PLU or SKU (e.g. 4006381333931, 4011, BAG)
+  qty N CODE           scan with a quantity (or a weight in kg for loose produce)
+  void N               void line N
+  discount N PCT       PCT% off line N          cart PCT   PCT% off the whole cart
+  coupon CODE          enter a coupon (try PEN)
+  pay cash [AMOUNT]    pay cash (exact when no amount)
+  pay card [AMOUNT]    pay by card on the simulated terminal
+  suspend / resume     park the sale / bring back the oldest parked sale
+  cancel               abandon the sale          verify    check the ledger
+  help                 this text                 quit      leave"""
+
+
+def seed(till: Till, data_dir: Path) -> None:
+    """Load the demo catalog and promotions into an empty ledger."""
+    from appliance.canonical import canonical_json
+    from appliance.catalog_import import import_catalog
+    from appliance.clock import iso_utc
+    from appliance.promotions import promotion_from_dict, promotion_to_dict
+
+    if till.catalog.count():
+        return
+    src = resources.files("appliance") / "demo_data"
+    with resources.as_file(src / "catalog.csv") as csv_path:
+        import_catalog(till.ledger, csv_path, currency=till.currency, tax_classes=till.config.tax.classes.keys(),
+                       layouts=till.layouts, time=iso_utc(till.clock.now()), actor="demo")  # fmt: skip
+    import json
+
+    text = (src / "promotions.jsonl").read_text(encoding="utf-8")
+    with till.ledger.transaction("seeding promotions") as tx:
+        for line in text.splitlines():
+            promo = promotion_from_dict(json.loads(line), till.currency)
+            tx.conn.execute("INSERT INTO promotions(id, body) VALUES (?, ?)",
+                            (promo.id, canonical_json(promotion_to_dict(promo, till.currency))))  # fmt: skip
+    till.reload_promotions()
+
+
+def show(sale: Sale, currency: Currency, out: TextIO) -> None:
+    """Print the cart."""
+    for ln in sale.lines:
+        mark = "x" if ln.voided else " "
+        qty = f"{ln.quantity} kg" if ln.item.weighed else f"{ln.quantity} x"
+        promo = f"  [{', '.join(ln.promo_reasons)}]" if ln.promo_reasons else ""
+        print(f" {mark}{ln.no:>3} {ln.item.name[:26]:<26} {qty:>9} {currency.plain(ln.total):>9}{promo}", file=out)
+    t = sale.totals()
+    print(f"      total {currency.plain(t.total)}  (tax {currency.plain(t.tax)}, saved {currency.plain(t.discount)})"
+          f"  due {currency.plain(t.due)}", file=out)  # fmt: skip
+
+
+def _amount(currency: Currency, words: list[str]) -> int | None:
+    return currency.to_minor(words[0]) if words else None
+
+
+def run_console(till: Till, inp: TextIO, out: TextIO, *, cashier: str = "demo") -> int:
+    """Read commands until ``quit`` or end of input; returns how many sales were completed."""
+    from appliance.ledger import verify
+
+    sale = till.new_sale(cashier)
+    done = 0
+    interactive = inp.isatty()
+    print("tillbox demo till; type help. Scan or type a code:", file=out)
+    while True:
+        if interactive:
+            print("> ", end="", file=out, flush=True)
+        text = inp.readline()
+        if not text:
+            break
+        words = text.split()
+        if not words:
+            continue
+        cmd, rest = words[0].lower(), words[1:]
+        try:
+            if cmd in ("quit", "exit"):
+                break
+            if cmd == "help":
+                print(HELP, file=out)
+            elif cmd == "qty" and len(rest) == 2:
+                till.scan(sale, rest[1], quantity=_decimal(rest[0]))
+            elif cmd == "void" and len(rest) == 1:
+                sale.void_line(int(rest[0]), till.clock.now(), reason="cashier void")
+            elif cmd == "discount" and len(rest) == 2:
+                sale.discount_line(int(rest[0]), Discount(percent=_decimal(rest[1]), reason="demo", actor=cashier),
+                                   till.clock.now())  # fmt: skip
+            elif cmd == "cart" and len(rest) == 1:
+                sale.discount_cart(Discount(percent=_decimal(rest[0]), reason="demo", actor=cashier), till.clock.now())
+            elif cmd == "coupon" and len(rest) == 1:
+                sale.add_coupon(rest[0], till.clock.now())
+            elif cmd == "pay" and rest and rest[0] in ("cash", "card"):
+                amount = _amount(till.currency, rest[1:])
+                if rest[0] == "cash":
+                    sale.pay_cash(sale.cash_due() if amount is None else amount)
+                else:
+                    till.pay_card(sale, amount)
+                if sale.totals().due <= 0:
+                    result = till.complete(sale)
+                    store = till.config.store
+                    print(render_text(result.doc, till.currency, store_name=store.name, address=store.address,
+                                      tax_id=store.tax_id), file=out)  # fmt: skip
+                    done += 1
+                    sale = till.new_sale(cashier)
+                    continue
+            elif cmd == "suspend":
+                till.suspend(sale)
+                print("sale parked", file=out)
+                sale = till.new_sale(cashier)
+                continue
+            elif cmd == "resume":
+                parked = till.suspended()
+                if not parked:
+                    raise InputError("no parked sales")
+                sale = till.resume(parked[0][0], cashier=cashier)
+            elif cmd == "cancel":
+                till.cancel(sale, actor=cashier, reason="cancelled at the till")
+                print("sale cancelled", file=out)
+                sale = till.new_sale(cashier)
+                continue
+            elif cmd == "verify":
+                report = verify(till.ledger)
+                print("ledger ok" if report.ok else "; ".join(report.errors), file=out)
+                continue
+            elif len(words) == 1:
+                till.scan(sale, words[0])
+            else:
+                raise InputError(f"don't understand {text.strip()!r}; type help")
+            show(sale, till.currency, out)
+        except (TillboxError, ValueError) as exc:
+            print(f"! {exc}", file=out)
+    return done
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        raise InputError(f"{text!r} is not a number") from None
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``tillbox demo``: seed the data dir and run the console till on stdin/stdout."""
+    from appliance.cli import _open
+
+    if args.reset and args.data_dir.exists():
+        shutil.rmtree(args.data_dir)
+    till = _open(args)
+    with till.ledger:
+        seed(till, args.data_dir)
+        print(f"demo data in {args.data_dir}; {till.catalog.count()} items, simulated devices, no broker")
+        run_console(till, sys.stdin, sys.stdout)
+    return 0

@@ -1,0 +1,189 @@
+"""Versioned schema migrations for the ledger database.
+
+The schema version lives in ``PRAGMA user_version`` and the file is tagged with
+``PRAGMA application_id`` so a foreign SQLite file is recognised. Each migration
+runs in the caller's transaction; tables are created with sqlite-utils, while
+triggers (which sqlite-utils does not model) are plain SQL.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+import sqlite_utils
+
+#: "TILL" in ASCII: marks a SQLite file as a tillbox ledger.
+APPLICATION_ID = 0x54494C4C
+
+_APPEND_ONLY = ("journal", "sales", "sale_lines", "sale_tenders", "stock_moves")
+
+
+def _v1(conn: sqlite3.Connection) -> None:
+    """Journal, sales, catalog, stock and outbox."""
+    db = sqlite_utils.Database(conn)
+    db["meta"].create({"key": str, "value": str}, pk="key", not_null={"value"})
+    db["counters"].create({"name": str, "value": int}, pk="name", not_null={"value"})
+    db["journal"].create(
+        {
+            "seq": int,
+            "time": str,
+            "type": str,
+            "actor": str,
+            "approver": str,
+            "ref_seq": int,
+            "payload": str,
+            "prev_hash": str,
+            "hash": str,
+        },
+        pk="seq",
+        not_null={"time", "type", "payload", "prev_hash", "hash"},
+        foreign_keys=[("ref_seq", "journal", "seq")],
+    )
+    db["journal"].create_index(["type"])
+    db["items"].create(
+        {
+            "sku": str,
+            "name": str,
+            "price": int,
+            "unit": str,
+            "tax_class": str,
+            "department": str,
+            "age_restricted": int,
+            "active": int,
+        },
+        pk="sku",
+        not_null={"name", "price", "unit", "tax_class", "department", "age_restricted", "active"},
+        defaults={"unit": "each", "department": "", "age_restricted": 0, "active": 1},
+    )
+    db["barcodes"].create(
+        {"key": str, "sku": str, "code": str},
+        pk="key",
+        not_null={"sku", "code"},
+        foreign_keys=[("sku", "items", "sku")],
+    )
+    db["barcodes"].create_index(["sku"])
+    db["suspended"].create(
+        {"id": str, "cashier": str, "time": str, "body": str}, pk="id", not_null={"time", "body"}
+    )
+    db["promotions"].create({"id": str, "body": str}, pk="id", not_null={"body"})
+    db["stock"].create({"sku": str, "level_milli": int}, pk="sku", not_null={"level_milli"})
+    db["sales"].create(
+        {
+            "id": str,
+            "number": int,
+            "journal_seq": int,
+            "cashier": str,
+            "started_at": str,
+            "completed_at": str,
+            "duration_ms": int,
+            "currency": str,
+            "subtotal": int,
+            "discount": int,
+            "tax": int,
+            "total": int,
+            "rounding": int,
+            "change": int,
+            "line_count": int,
+        },
+        pk="id",
+        not_null={"number", "journal_seq", "completed_at", "currency", "total"},
+        foreign_keys=[("journal_seq", "journal", "seq")],
+    )
+    db["sales"].create_index(["number"], unique=True)
+    db["sales"].create_index(["journal_seq"], unique=True)
+    db["sale_lines"].create(
+        {
+            "sale_id": str,
+            "line_no": int,
+            "sku": str,
+            "name": str,
+            "qty": str,
+            "unit_price": int,
+            "amount": int,
+            "discount": int,
+            "tax": int,
+            "total": int,
+            "tax_class": str,
+            "voided": int,
+        },
+        pk=("sale_id", "line_no"),
+        not_null={"sku", "qty", "unit_price", "amount", "discount", "tax", "total", "voided"},
+        foreign_keys=[("sale_id", "sales", "id")],
+    )
+    db["sale_tenders"].create(
+        {"sale_id": str, "idx": int, "kind": str, "amount": int, "reference": str},
+        pk=("sale_id", "idx"),
+        not_null={"kind", "amount"},
+        foreign_keys=[("sale_id", "sales", "id")],
+    )
+    db["stock_moves"].create(
+        {
+            "id": int,
+            "sku": str,
+            "delta_milli": int,
+            "level_milli": int,
+            "reason": str,
+            "sale_id": str,
+            "journal_seq": int,
+        },
+        pk="id",
+        not_null={"sku", "delta_milli", "level_milli", "reason", "journal_seq"},
+        foreign_keys=[("sale_id", "sales", "id"), ("journal_seq", "journal", "seq")],
+    )
+    db["stock_moves"].create_index(["sale_id"])
+    db["outbox"].create(
+        {
+            "seq": int,
+            "id": str,
+            "type": str,
+            "time": str,
+            "subject": str,
+            "data": str,
+            "journal_seq": int,
+            "published_at": str,
+            "acked_at": str,
+        },
+        pk="seq",
+        not_null={"id", "type", "time", "data"},
+        foreign_keys=[("journal_seq", "journal", "seq")],
+    )
+    db["outbox"].create_index(["id"], unique=True)
+    db["outbox"].create_index(["journal_seq"])
+    for table in _APPEND_ONLY:
+        conn.execute(
+            f"CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} "
+            f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+        )
+        conn.execute(
+            f"CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table} "
+            f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+        )
+    conn.execute(
+        "CREATE TRIGGER journal_gapless BEFORE INSERT ON journal "
+        "WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(seq), 0) + 1 FROM journal) "
+        "BEGIN SELECT RAISE(ABORT, 'journal sequence must be gapless'); END"
+    )
+    conn.execute(
+        "CREATE TRIGGER outbox_gapless BEFORE INSERT ON outbox "
+        "WHEN NEW.seq IS NOT (SELECT value + 1 FROM counters WHERE name = 'outbox_seq') "
+        "BEGIN SELECT RAISE(ABORT, 'outbox sequence must be gapless'); END"
+    )
+    conn.execute(
+        "CREATE TRIGGER outbox_count AFTER INSERT ON outbox "
+        "BEGIN UPDATE counters SET value = NEW.seq WHERE name = 'outbox_seq'; END"
+    )
+    conn.execute(
+        "CREATE TRIGGER outbox_immutable BEFORE UPDATE OF seq, id, type, time, subject, data, journal_seq "
+        "ON outbox BEGIN SELECT RAISE(ABORT, 'outbox events are immutable'); END"
+    )
+    conn.execute(
+        "CREATE TRIGGER outbox_keep_unacked BEFORE DELETE ON outbox WHEN OLD.acked_at IS NULL "
+        "BEGIN SELECT RAISE(ABORT, 'an unacknowledged event cannot be deleted'); END"
+    )
+    conn.execute("INSERT INTO counters(name, value) VALUES ('outbox_seq', 0)")
+
+
+#: Migration n brings the schema from version n-1 to n. Append, never edit.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1,)
+LATEST_VERSION = len(MIGRATIONS)

@@ -1,0 +1,1 @@
+"""Device drivers: one module per device class, each with real backends and a simulator."""
