@@ -116,7 +116,9 @@ class _Validator:
         unknown = [k for k in raw if k not in REQUIRED and k not in OPTIONAL]
         if unknown:
             hint = difflib.get_close_matches(unknown[0], REQUIRED + OPTIONAL, n=1)
-            raise InputError(f"unknown field {unknown[0]!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+            raise InputError(
+                f"unknown field {unknown[0]!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+            )
         sku = _text(raw.get("sku"), "sku", limit=64)
         name = _text(raw.get("name"), "name", limit=200)
         price_raw = raw.get("price")
@@ -169,7 +171,9 @@ def _read_csv(path: Path) -> Iterator[tuple[int, Mapping[str, Any] | InputError]
             raise InputError(f"{path.name} is empty") from None
         missing = [c for c in REQUIRED if c not in header]
         if missing:
-            raise InputError(f"{path.name}: header lacks column(s) {', '.join(missing)}; it needs {','.join(REQUIRED)}")
+            raise InputError(
+                f"{path.name}: header lacks column(s) {', '.join(missing)}; it needs {','.join(REQUIRED)}"
+            )
         for row in reader:
             line = reader.line_num
             if not any(cell.strip() for cell in row):

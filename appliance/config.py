@@ -8,6 +8,13 @@ bounds or choices and a one-line doc. The parser and the generated reference
 one field. Defaults are written as raw TOML values and go through the same
 validation as the file.
 
+To extend: add a field made with :func:`text`, :func:`integer`, :func:`boolean`,
+:func:`decimal`, :func:`money`, :func:`choice` or :func:`text_list` to a section;
+a new section is a :class:`Table` dataclass added to :class:`Config` with
+:func:`section` (subsections such as ``[devices.printer]`` likewise). Rules that
+involve several keys go in the table's ``_check`` override. Then regenerate the
+reference.
+
 Numbers are parsed as :class:`~decimal.Decimal` (never float). Money keys take
 major units ("110.00") and are stored as ``int`` minor units of
 ``[currency].code``. Unknown keys and sections are errors, with a hint.
@@ -49,6 +56,7 @@ logger = logging.getLogger(__name__)
 #: Environment variable that forces simulated devices when set to "sim".
 ENV_DEVICES: Final = "TILLBOX_DEVICES"
 
+Kind = Literal["str", "int", "bool", "decimal", "money", "choice", "list", "table", "map", "array"]
 RoundingMode = Literal["half_up", "half_even"]
 TaxRounding = Literal["line", "invoice"]
 ExemptionMode = Literal["below", "excess"]
@@ -95,12 +103,12 @@ REQUIRED: Final = _Required()
 class Spec:
     """Schema of one key: its kind, raw TOML default, constraints and doc line.
 
-    ``kind`` is one of ``str int bool decimal money choice list`` (scalars and
-    lists of strings) or ``table map array`` (a nested table, a table of tables
-    keyed by name, an array of tables); the latter three use ``table``.
+    ``kind`` is a scalar (``str int bool decimal money choice``), ``list`` (of
+    strings) or ``table map array`` (a nested table, tables keyed by name, an
+    array of tables); the latter three use ``table``.
     """
 
-    kind: str
+    kind: Kind
     doc: str
     default: Any = REQUIRED
     lo: Decimal | int | None = None
@@ -408,11 +416,8 @@ class TaxSection(Table):
         if "classes" not in given:
             missing = sorted({c for cls in self.classes.values() for c in cls.rates} - set(self.rates))
             if missing:
-                names = ", ".join(f"'{c}'" for c in missing)
-                yield (
-                    "classes",
-                    f"the default classes use rates {names}; define [tax.classes.*] for your rates",
-                )
+                names = ("rates " if len(missing) > 1 else "rate ") + ", ".join(f"'{c}'" for c in missing)
+                yield "classes", f"the default classes use {names}; define [tax.classes.*] for your rates"
             return
         for name, cls in self.classes.items():
             for code in cls.rates:

@@ -63,7 +63,10 @@ def show(sale: Sale, currency: Currency, out: TextIO) -> None:
         mark = "x" if ln.voided else " "
         qty = f"{ln.quantity} kg" if ln.item.weighed else f"{ln.quantity} x"
         promo = f"  [{', '.join(ln.promo_reasons)}]" if ln.promo_reasons else ""
-        print(f" {mark}{ln.no:>3} {ln.item.name[:26]:<26} {qty:>9} {currency.plain(ln.total):>9}{promo}", file=out)
+        print(
+            f" {mark}{ln.no:>3} {ln.item.name[:26]:<26} {qty:>9} {currency.plain(ln.total):>9}{promo}",
+            file=out,
+        )
     t = sale.totals()
     print(f"      total {currency.plain(t.total)}  (tax {currency.plain(t.tax)}, saved {currency.plain(t.discount)})"
           f"  due {currency.plain(t.due)}", file=out)  # fmt: skip
@@ -104,7 +107,9 @@ def run_console(till: Till, inp: TextIO, out: TextIO, *, cashier: str = "demo") 
                 sale.discount_line(int(rest[0]), Discount(percent=_decimal(rest[1]), reason="demo", actor=cashier),
                                    till.clock.now())  # fmt: skip
             elif cmd == "cart" and len(rest) == 1:
-                sale.discount_cart(Discount(percent=_decimal(rest[0]), reason="demo", actor=cashier), till.clock.now())
+                sale.discount_cart(
+                    Discount(percent=_decimal(rest[0]), reason="demo", actor=cashier), till.clock.now()
+                )
             elif cmd == "coupon" and len(rest) == 1:
                 sale.add_coupon(rest[0], till.clock.now())
             elif cmd == "pay" and rest and rest[0] in ("cash", "card"):

@@ -45,7 +45,7 @@ class Currency:
     @property
     def scale(self) -> int:
         """How many minor units make one major unit."""
-        return 10**self.exponent
+        return int(10**self.exponent)
 
     def to_minor(self, major: str | Decimal | int) -> int:
         """Convert a major-unit amount ("1.99") to minor units, exactly.
@@ -53,7 +53,7 @@ class Currency:
         Raises :class:`InputError` for floats, non-numbers, or more decimals
         than the currency has.
         """
-        if isinstance(major, float) or isinstance(major, bool):
+        if isinstance(major, float | bool):
             raise InputError(f"amount {major!r} must be a string or Decimal, not {type(major).__name__}")
         try:
             value = Decimal(str(major).strip())

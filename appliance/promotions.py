@@ -67,8 +67,8 @@ from typing import Any, TypeAlias
 from appliance.errors import InputError
 from appliance.money import Currency, round_minor
 
-#: Largest search tree (product of (max deals + 1) over a competing group's
-#: promotions) searched exhaustively; bigger groups use the greedy fallback.
+#: Largest search tree (product over a competing group's promotions of their
+#: possible deal counts + 1) searched exhaustively; bigger groups go greedy.
 SEARCH_LIMIT = 64
 
 WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -134,15 +134,11 @@ class Window:
             if value is not None and (not isinstance(value, datetime) or not _aware(value)):
                 raise InputError(f"window {name} must be a timezone-aware datetime, got {value!r}")
         if self.start is not None and self.end is not None and self.start >= self.end:
-            raise InputError(
-                f"window start {self.start.isoformat()} is not before end {self.end.isoformat()}"
-            )
+            raise InputError(f"window start {self.start.isoformat()} is not before end {self.end.isoformat()}")
         if not isinstance(self.weekdays, frozenset) or any(
             isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= 6 for d in self.weekdays
         ):
-            raise InputError(
-                f"window weekdays must be a frozenset of 0..6 (Monday = 0), got {self.weekdays!r}"
-            )
+            raise InputError(f"window weekdays must be a frozenset of 0..6 (Monday = 0), got {self.weekdays!r}")
         for name in ("daily_start", "daily_end"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, time) or value.tzinfo is not None):
@@ -347,9 +343,7 @@ class PromoLine:
             if self.quantity != self.quantity.to_integral_value():
                 raise InputError(f"{what}: counted quantity {self.quantity} must be whole")
             if self.amount != self.unit_price * int(self.quantity):
-                raise InputError(
-                    f"{what}: amount {self.amount} is not unit_price {self.unit_price} x {self.quantity}"
-                )
+                raise InputError(f"{what}: amount {self.amount} is not unit_price {self.unit_price} x {self.quantity}")
 
 
 @dataclass(frozen=True)
@@ -394,9 +388,7 @@ class PromoResult:
 
 def is_active(promotion: Promotion, ctx: PromoContext) -> bool:
     """Whether a promotion's window contains ``ctx.now`` and its coupon (if any) was entered."""
-    if promotion.coupon is not None and promotion.coupon.casefold() not in {
-        c.casefold() for c in ctx.coupons
-    }:
+    if promotion.coupon is not None and promotion.coupon.casefold() not in {c.casefold() for c in ctx.coupons}:
         return False
     return promotion.window._contains(ctx.now, ctx.now.astimezone(ctx.tz))
 
@@ -415,87 +407,61 @@ def allocate(amount: int, weights: Mapping[str, int]) -> dict[str, int]:
         raise InputError(f"amount to allocate must be a non-negative integer, got {amount!r}")
     if any(isinstance(w, bool) or not isinstance(w, int) or w < 0 for w in weights.values()):
         raise InputError("allocation weights must be non-negative integers")
-    total_weight = sum(weights.values())
     if amount == 0:
         return {}
-    if total_weight == 0:
+    keys = sorted(k for k, w in weights.items() if w)
+    if not keys:
         raise InputError(f"cannot allocate {amount} over zero weight")
-    keys = sorted(weights)
-    shares: dict[str, int] = {}
-    remainders: list[tuple[int, str]] = []
+    shares = _shares(amount, {n: weights[k] for n, k in enumerate(keys)})
+    return {keys[n]: share for n, share in shares.items() if share}
+
+
+def _shares(amount: int, weights: Mapping[int, int]) -> dict[int, int]:
+    """:func:`allocate` over positive weights keyed by sortable ints, without checks."""
+    if len(weights) == 1:
+        return dict.fromkeys(weights, amount)
+    total = sum(weights.values())
+    shares: dict[int, int] = {}
+    remainders: list[tuple[int, int]] = []
     given = 0
-    for key in keys:
-        share, rest = divmod(amount * weights[key], total_weight)
+    for key in sorted(weights):
+        share, rest = divmod(amount * weights[key], total)
         shares[key] = share
         given += share
         remainders.append((-rest, key))
-    remainders.sort()
-    for _, key in remainders[: amount - given]:
-        shares[key] += 1
-    return {key: share for key, share in shares.items() if share}
+    if given < amount:
+        remainders.sort()
+        for _, key in remainders[: amount - given]:
+            shares[key] += 1
+    return shares
 
 
 # ------------------------------------------------------------------- evaluation
 
+_Num: TypeAlias = Decimal | int
 _Units: TypeAlias = tuple[tuple[int, int], ...]  # (local line, units)
-# A deal: exact saving, net gain over the unit offers of its units, units consumed,
-# allocation weights (local line, minor units).
-_Deal: TypeAlias = tuple[Decimal, Decimal, _Units, _Units]
+# A deal: exact saving, net gain over the unit offers of the units it takes, units
+# taken, and the discounted units its saving is allocated over.
+_Deal: TypeAlias = tuple[_Num, _Num, _Units, _Units]
+_Gen: TypeAlias = Callable[[Sequence[int]], list[_Deal]]
+# Search result: net gain, and per search position (deals offered, deals taken).
+_Plan: TypeAlias = tuple[_Num, tuple[tuple[list[_Deal], int], ...]]
 
 
 @dataclass
 class _Acc:
     """Accumulated outcome of one item-level promotion."""
 
-    exact: Decimal = _ZERO
+    exact: _Num = 0
     weights: dict[int, int] = field(default_factory=dict)
     lines: set[int] = field(default_factory=set)
 
-    def add(self, line: int, saving: Decimal, weight: int) -> None:
-        self.exact += saving
-        if weight:
-            self.weights[line] = self.weights.get(line, 0) + weight
-        self.lines.add(line)
-
-
-def _chunks(order: Sequence[int], state: Sequence[int], size: int) -> list[_Units]:
-    """Cut the available units, in ``order``, into consecutive groups of ``size``."""
-    groups: list[_Units] = []
-    current: list[tuple[int, int]] = []
-    need = size
-    for line in order:
-        avail = state[line]
-        while avail:
-            if need == size and avail >= size:
-                whole = avail // size
-                groups.extend([((line, size),)] * whole)
-                avail -= whole * size
-                continue
-            take = min(avail, need)
-            current.append((line, take))
-            avail -= take
-            need -= take
-            if not need:
-                groups.append(tuple(current))
-                current = []
-                need = size
-    return groups
-
-
-def _tail(group: _Units, units: int) -> _Units:
-    """The last ``units`` units of a group (its cheapest, as groups run price-descending)."""
-    out: list[tuple[int, int]] = []
-    for line, count in reversed(group):
-        take = min(count, units)
-        out.append((line, take))
-        units -= take
-        if not units:
-            break
-    return tuple(out)
-
 
 class _Component:
-    """A group of deal promotions competing for the same counted lines."""
+    """A group of deal promotions competing for the same counted lines.
+
+    Lines are renumbered locally (0..L_c-1); a state is the tuple of units left per line.
+    """
 
     def __init__(
         self,
@@ -503,80 +469,149 @@ class _Component:
         eligible: list[tuple[list[int], list[int]]],
         price: list[int],
         count: list[int],
-        value: list[Decimal],
+        value: list[_Num],
     ) -> None:
         lines = sorted({i for buy, get in eligible for i in (*buy, *get)})
         local = {g: n for n, g in enumerate(lines)}
+        self.promos = promos
         self.lines = lines
-        self.price = [price[g] for g in lines]
-        self.value = [value[g] for g in lines]
+        self.price = pr = [price[g] for g in lines]
+        self.value = val = [value[g] for g in lines]
+        self.valued = any(val)
         self.state = tuple(count[g] for g in lines)
         contest = [0] * len(lines)
-        for buy, get in eligible:
-            for g in set(buy) | set(get):
-                contest[local[g]] += 1
-        pr, val = self.price, self.value
+        if len(promos) > 1:
+            for buy, get in eligible:
+                for g in {*buy, *get}:
+                    contest[local[g]] += 1
 
-        def desc(n: int) -> tuple[int, Decimal, int, int]:
-            return (-pr[n], val[n], contest[n], n)
-
-        self.gens: list[Callable[[Sequence[int]], list[_Deal]]] = []
+        # Unit orders a promotion may fill its deals in: dearest first; smallest
+        # unit-offer value first; least contested first. Duplicates are dropped.
+        keys: list[Callable[[int], tuple[_Num, ...]]] = [
+            lambda n: (-pr[n], val[n], contest[n], n),
+            lambda n: (val[n], -pr[n], contest[n], n),
+            lambda n: (contest[n], -pr[n], val[n], n),
+        ]
+        self.gens: list[list[_Gen]] = []
+        self.reach: list[set[int]] = []
         for promo, (buy, get) in zip(promos, eligible, strict=True):
             buy_l = [local[g] for g in buy]
             get_l = [local[g] for g in get]
-            if isinstance(promo, MultiBuy):
-                self.gens.append(self._multi_buy(promo, sorted(buy_l, key=desc)))
-            elif promo.buy_target == promo.get_target:
-                self.gens.append(self._bxgy_same(promo, sorted(buy_l, key=desc)))
-            else:
-                get_set = set(get_l)
-                buy_order = sorted(buy_l, key=lambda n: (n in get_set, val[n], pr[n], contest[n], n))
-                self.gens.append(self._bxgy_split(promo, buy_order, sorted(get_l, key=desc), set(buy_l)))
-        self.promos = promos
+            self.reach.append({*buy_l, *get_l})
+            grouped = isinstance(promo, MultiBuy) or promo.buy_target == promo.get_target
+            if grouped:
+                orders: list[list[int]] = []
+                for key in keys:
+                    order = sorted(buy_l, key=key)
+                    if order not in orders:
+                        orders.append(order)
+                self.gens.append([self._grouped(promo, order) for order in orders])
+                continue
+            assert isinstance(promo, BuyXGetY)
+            buy_set, get_set = set(buy_l), set(get_l)
+            # Gets: as above, but units that cannot be bought first on ties.
+            get_orders: list[list[int]] = []
+            for key in keys:
+                order = [t[-1] for t in sorted((*key(n)[:-1], n in buy_set, n) for n in get_l)]
+                if order not in get_orders:
+                    get_orders.append(order)
+            # Buys: smallest unit-offer value plus (if it could be a get) get value first;
+            # or smallest unit-offer value first.
+            rate = promo.percent / _HUNDRED
+            buy_orders: list[list[int]] = []
+            for ranked in (
+                sorted((val[n] + (rate * pr[n] if n in get_set else 0), pr[n], contest[n], n) for n in buy_l),
+                sorted((val[n], n in get_set, pr[n], contest[n], n) for n in buy_l),
+            ):
+                order = [t[-1] for t in ranked]
+                if order not in buy_orders:
+                    buy_orders.append(order)
+            self.gens.append([self._split(promo, b, g, buy_set) for g in get_orders for b in buy_orders])
 
-    def _deal(self, saving: Decimal, units: _Units, weights: _Units) -> _Deal:
+    def _cost(self, units: _Units) -> _Num:
+        """Unit-offer value of some units: what a deal taking them gives up."""
         value = self.value
-        return (saving, saving - sum((value[n] * c for n, c in units), _ZERO), units, weights)
+        cost: _Num = 0
+        for n, c in units:
+            cost += value[n] * c
+        return cost
 
-    def _multi_buy(self, promo: MultiBuy, order: list[int]) -> Callable[[Sequence[int]], list[_Deal]]:
-        price = self.price
+    def _grouped(self, promo: MultiBuy | BuyXGetY, order: list[int]) -> _Gen:
+        """Deals made of consecutive groups of the units available, in ``order``.
+
+        Multi-buy: ``buy`` units, the cheapest ``buy - pay`` free or the group at ``price``;
+        the saving is allocated over the whole group. BXGY with equal targets: ``buy + get``
+        units, the cheapest ``get`` discounted and carrying the saving.
+        """
+        price, valued, cost = self.price, self.valued, self._cost
+        whole_group = isinstance(promo, MultiBuy)
+        if isinstance(promo, MultiBuy):
+            size, rate = promo.buy, None
+            tail = 0 if promo.pay is None else promo.buy - promo.pay
+            bundle = promo.price or 0
+        else:
+            size, tail, bundle = promo.buy + promo.get, promo.get, 0
+            rate = None if promo.percent == _HUNDRED else promo.percent / _HUNDRED
+
+        def cheapest_last_first(units: _Units) -> list[tuple[int, int]]:
+            ranked = sorted(range(len(units)), key=lambda j: (price[units[j][0]], -j))
+            return [units[j] for j in ranked]
 
         def gen(state: Sequence[int]) -> list[_Deal]:
             deals: list[_Deal] = []
-            for group in _chunks(order, state, promo.buy):
-                if promo.pay is not None:
-                    saving = sum(price[n] * c for n, c in _tail(group, promo.buy - promo.pay))
-                else:
-                    saving = sum(price[n] * c for n, c in group) - (promo.price or 0)
-                    if saving <= 0:
-                        break
-                deals.append(self._deal(Decimal(saving), group, tuple((n, price[n] * c) for n, c in group)))
+            group: list[tuple[int, int]] = []
+            need = size
+            for n in order:
+                avail = state[n]
+                while avail:
+                    if need == size and avail >= size:
+                        units: _Units = ((n, size),)  # whole groups from one line
+                        whole = avail // size
+                        avail -= whole * size
+                    else:
+                        take = min(avail, need)
+                        group.append((n, take))
+                        avail -= take
+                        need -= take
+                        if need:
+                            continue
+                        units, whole, group, need = tuple(group), 1, [], size
+                    if not tail:
+                        cheap = units
+                    elif len(units) == 1:
+                        cheap = ((units[0][0], tail),)
+                    else:  # the cheapest ``tail`` units (on equal prices, the later ones)
+                        left = tail
+                        parts: list[tuple[int, int]] = []
+                        for m, c in cheapest_last_first(units):
+                            c = min(c, left)
+                            parts.append((m, c))
+                            left -= c
+                            if not left:
+                                break
+                        cheap = tuple(parts)
+                    amount = 0
+                    for m, c in cheap:
+                        amount += price[m] * c
+                    saving: _Num = amount - bundle if rate is None else rate * amount
+                    if saving <= 0:  # an unprofitable "N for price" group ends the deals
+                        return deals
+                    net = saving - cost(units) if valued else saving
+                    deals.extend([(saving, net, units, units if whole_group else cheap)] * whole)
             return deals
 
         return gen
 
-    def _bxgy_same(self, promo: BuyXGetY, order: list[int]) -> Callable[[Sequence[int]], list[_Deal]]:
-        price = self.price
-        rate = promo.percent / _HUNDRED
-
-        def gen(state: Sequence[int]) -> list[_Deal]:
-            deals: list[_Deal] = []
-            for group in _chunks(order, state, promo.buy + promo.get):
-                weights = tuple((n, price[n] * c) for n, c in _tail(group, promo.get))
-                deals.append(self._deal(rate * sum(w for _, w in weights), group, weights))
-            return deals
-
-        return gen
-
-    def _bxgy_split(
-        self, promo: BuyXGetY, buy_order: list[int], get_order: list[int], buy_set: set[int]
-    ) -> Callable[[Sequence[int]], list[_Deal]]:
-        price = self.price
-        rate = promo.percent / _HUNDRED
+    def _split(self, promo: BuyXGetY, buy_order: list[int], get_order: list[int], buy_set: set[int]) -> _Gen:
+        """BXGY with different targets: the dearest get units, the least useful buy units."""
+        price, valued, cost = self.price, self.valued, self._cost
+        rate = None if promo.percent == _HUNDRED else promo.percent / _HUNDRED
 
         def gen(state: Sequence[int]) -> list[_Deal]:
             left = list(state)
-            buy_avail = sum(left[n] for n in buy_order)
+            buy_avail = 0
+            for n in buy_order:
+                buy_avail += left[n]
             deals: list[_Deal] = []
             while buy_avail >= promo.buy:
                 spare = buy_avail - promo.buy  # buy-eligible units that may serve as gets
@@ -607,77 +642,102 @@ class _Component:
                         if not need:
                             break
                 buy_avail -= promo.buy
-                weights = tuple((n, price[n] * c) for n, c in gets)
-                deals.append(self._deal(rate * sum(w for _, w in weights), (*buys, *gets), weights))
+                amount = 0
+                for n, c in gets:
+                    amount += price[n] * c
+                saving: _Num = amount if rate is None else rate * amount
+                units = (*buys, *gets)
+                deals.append((saving, saving - cost(units) if valued else saving, units, tuple(gets)))
             return deals
 
         return gen
 
-    def _net(self, deals: list[_Deal]) -> tuple[int, Decimal]:
+    @staticmethod
+    def _net(deals: list[_Deal]) -> tuple[int, _Num]:
         """Best deal count by net gain over leaving the units to unit offers (ties: more deals)."""
-        best_d, best, acc = 0, _ZERO, _ZERO
+        best_d = 0
+        best: _Num = 0
+        acc: _Num = 0
         for d, deal in enumerate(deals, 1):
             acc += deal[1]
             if acc >= best:
                 best_d, best = d, acc
         return best_d, best
 
+    def _best_variant(self, i: int, state: Sequence[int]) -> tuple[list[_Deal], int, _Num]:
+        """Deals of promotion ``i`` from its best generator, its best count and net gain."""
+        best: tuple[list[_Deal], int, _Num] | None = None
+        for gen in self.gens[i]:
+            deals = gen(state)
+            take, net = self._net(deals)
+            if best is None or net > best[2]:
+                best = (deals, take, net)
+        assert best is not None
+        return best
+
     def solve(self) -> list[tuple[MultiBuy | BuyXGetY, list[_Deal]]]:
-        """Choose deals for every promotion; returns them in search order."""
-        alone = [self._net(deals) for deals in (gen(self.state) for gen in self.gens)]
-        order = sorted(range(len(self.promos)), key=lambda i: (-alone[i][1], self.promos[i].id))
-        gens = [self.gens[i] for i in order]
+        """Choose the deals of every promotion of the group."""
+        alone = [self._best_variant(i, self.state) for i in range(len(self.promos))]
+        if len(alone) == 1:
+            deals, take, _ = alone[0]
+            return [(self.promos[0], deals[:take])]
+        order = sorted(range(len(self.promos)), key=lambda i: (-alone[i][2], self.promos[i].id))
         tree = 1
         for i in order:
-            tree *= alone[i][0] + 1
-        counts = self._search(gens) if len(gens) > 1 and tree <= SEARCH_LIMIT else None
+            tree *= len(self.gens[i]) * (len(alone[i][0]) + 1)
+        plan = self._search(order) if tree <= SEARCH_LIMIT else self._greedy(order)
+        return [(self.promos[i], deals[:take]) for i, (deals, take) in zip(order, plan, strict=True)]
+
+    def _greedy(self, order: list[int]) -> tuple[tuple[list[_Deal], int], ...]:
+        """Each promotion in turn takes the deal count with the best net gain."""
         state = list(self.state)
-        chosen: list[tuple[MultiBuy | BuyXGetY, list[_Deal]]] = []
-        for k, gen in enumerate(gens):
-            deals = gen(state)
-            take = counts[k] if counts is not None else self._net(deals)[0]
-            for deal in deals[:take]:
-                for n, c in deal[2]:
+        plan: list[tuple[list[_Deal], int]] = []
+        for i in order:
+            deals, take, _ = self._best_variant(i, state)
+            for _, _, units, _ in deals[:take]:
+                for n, c in units:
                     state[n] -= c
-            chosen.append((self.promos[order[k]], deals[:take]))
-        return chosen
+            plan.append((deals, take))
+        return tuple(plan)
 
-    def _search(self, gens: list[Callable[[Sequence[int]], list[_Deal]]]) -> list[int]:
-        """Exhaustive search over deal counts, memoised on (promotion, remaining units)."""
-        memo: dict[tuple[int, tuple[int, ...]], tuple[Decimal, tuple[int, ...]]] = {}
-        last = len(gens)
+    def _search(self, order: list[int]) -> tuple[tuple[list[_Deal], int], ...]:
+        """Exhaustive search over generators and deal counts, memoised on (position, visible units)."""
+        variants = [self.gens[i] for i in order]
+        last = len(order) - 1
+        seen: set[int] = set()
+        visible: list[tuple[int, ...]] = []  # lines the promotions from position k on can touch
+        for i in reversed(order):
+            seen.update(self.reach[i])
+            visible.append(tuple(sorted(seen)))
+        visible.reverse()
+        memo: dict[tuple[int, tuple[int, ...]], _Plan] = {}
 
-        def best(k: int, state: tuple[int, ...]) -> tuple[Decimal, tuple[int, ...]]:
-            if k == last:
-                return _ZERO, ()
-            key = (k, state)
+        def best(k: int, state: tuple[int, ...]) -> _Plan:
+            key = (k, tuple([state[n] for n in visible[k]]))
             hit = memo.get(key)
             if hit is not None:
                 return hit
-            current = list(state)
-            acc = _ZERO
-            sub_net, sub_plan = best(k + 1, state)
-            result = (sub_net, (0, *sub_plan))
-            for d, (_, net, units, _) in enumerate(gens[k](state), 1):
-                acc += net
-                for n, c in units:
-                    current[n] -= c
-                sub_net, sub_plan = best(k + 1, tuple(current))
-                if acc + sub_net >= result[0]:
-                    result = (acc + sub_net, (d, *sub_plan))
+            if k == last:
+                deals, take, net = self._best_variant(order[k], state)
+                result: _Plan = (net, ((deals, take),))
+            else:
+                sub_net, sub_plan = best(k + 1, state)
+                result = (sub_net, (([], 0), *sub_plan))
+                for gen in variants[k]:
+                    deals = gen(state)
+                    current = list(state)
+                    acc: _Num = 0
+                    for d, (_, net, units, _) in enumerate(deals, 1):
+                        acc += net
+                        for n, c in units:
+                            current[n] -= c
+                        sub_net, sub_plan = best(k + 1, tuple(current))
+                        if acc + sub_net > result[0] or (acc + sub_net == result[0] and gen is variants[k][0]):
+                            result = (acc + sub_net, ((deals, d), *sub_plan))
             memo[key] = result
             return result
 
-        return list(best(0, self.state)[1])
-
-
-def _unit_saving(promo: PercentOff | AmountOff, line: PromoLine, price: int) -> Decimal:
-    """Exact saving of a unit offer on one unit (or one weighed line)."""
-    if isinstance(promo, PercentOff):
-        return promo.percent * price / _HUNDRED
-    if line.weighed:
-        return Decimal(min(round_minor(promo.amount * line.quantity), line.amount))
-    return Decimal(min(promo.amount, price))
+        return best(0, self.state)[1]
 
 
 def _find(parent: list[int], i: int) -> int:
@@ -685,6 +745,56 @@ def _find(parent: list[int], i: int) -> int:
         parent[i] = parent[parent[i]]
         i = parent[i]
     return i
+
+
+class _Cart:
+    """Promotable lines of a cart, sorted by key, with target lookups."""
+
+    def __init__(self, ordered: list[PromoLine]) -> None:
+        size = len(ordered)
+        self.price = [0] * size  # per unit; a weighed line is one unit of its amount
+        self.count = [0] * size
+        self.promotable: list[int] = []
+        self.weighed = [ln.weighed for ln in ordered]
+        self.by_sku: dict[str, list[int]] = {}
+        self.by_dept: dict[str, list[int]] = {}
+        for i, ln in enumerate(ordered):
+            if not ln.eligible or ln.amount <= 0 or ln.quantity <= 0:
+                continue
+            if ln.weighed:
+                self.price[i], self.count[i] = ln.amount, 1
+            elif ln.unit_price > 0:
+                self.price[i], self.count[i] = ln.unit_price, int(ln.quantity)
+            else:
+                continue
+            self.promotable.append(i)
+            self.by_sku.setdefault(ln.sku, []).append(i)
+            self.by_dept.setdefault(ln.department, []).append(i)
+        self._cache: dict[tuple[Target, bool], list[int]] = {}
+
+    def matching(self, target: Target, counted_only: bool) -> list[int]:
+        """Promotable line indices matched by ``target``, ascending (optionally no weighed lines)."""
+        hit = self._cache.get((target, counted_only))
+        if hit is None:
+            if target.everything:
+                hit = self.promotable
+            elif not target.departments and len(target.skus) <= len(self.by_sku):
+                hit = sorted(i for sku in target.skus for i in self.by_sku.get(sku, ()))
+            else:
+                found: set[int] = set()
+                for index, names in ((self.by_sku, target.skus), (self.by_dept, target.departments)):
+                    if len(names) <= len(index):
+                        for name in names:
+                            found.update(index.get(name, ()))
+                    else:
+                        for name, got in index.items():
+                            if name in names:
+                                found.update(got)
+                hit = sorted(found)
+            if counted_only:
+                hit = [i for i in hit if not self.weighed[i]]
+            self._cache[target, counted_only] = hit
+        return hit
 
 
 def evaluate(lines: Sequence[PromoLine], promotions: Sequence[Promotion], ctx: PromoContext) -> PromoResult:
@@ -699,63 +809,44 @@ def evaluate(lines: Sequence[PromoLine], promotions: Sequence[Promotion], ctx: P
             raise InputError(f"duplicate promotion id {p.id!r}")
     local_now = ctx.now.astimezone(ctx.tz)
     coupons = {c.casefold() for c in ctx.coupons}
-    active = [
-        p
-        for p in promos
-        if (p.coupon is None or p.coupon.casefold() in coupons) and p.window._contains(ctx.now, local_now)
-    ]
-
+    cart = _Cart(ordered)
     size = len(ordered)
-    price = [0] * size
-    count = [0] * size
-    promotable: list[int] = []
-    for i, ln in enumerate(ordered):
-        if not ln.eligible or ln.amount <= 0 or ln.quantity <= 0:
-            continue
-        if ln.weighed:
-            price[i], count[i] = ln.amount, 1
-        elif ln.unit_price > 0:
-            price[i], count[i] = ln.unit_price, int(ln.quantity)
-        else:
-            continue
-        promotable.append(i)
-    counted = [i for i in promotable if not ordered[i].weighed]
+    price, count = cart.price, cart.count
 
-    cache: dict[tuple[Target, bool], list[int]] = {}
-
-    def matching(target: Target, counted_only: bool) -> list[int]:
-        hit = cache.get((target, counted_only))
-        if hit is None:
-            pool = counted if counted_only else promotable
-            if target.everything:
-                hit = pool
-            else:
-                skus, depts = target.skus, target.departments
-                hit = [i for i in pool if ordered[i].sku in skus or ordered[i].department in depts]
-            cache[target, counted_only] = hit
-        return hit
-
-    # Unit offers: best per-unit saving per line.
-    value = [_ZERO] * size
+    # Unit offers: the best per-unit saving of every line; deal promotions that can apply.
+    value: list[_Num] = [0] * size
     offer: list[PercentOff | AmountOff | None] = [None] * size
     deal_promos: list[MultiBuy | BuyXGetY] = []
     deal_lines: list[tuple[list[int], list[int]]] = []
     thresholds: list[SpendThreshold] = []
-    for p in active:
-        if isinstance(p, PercentOff | AmountOff):
-            for i in matching(p.target, False):
-                saving = _unit_saving(p, ordered[i], price[i])
-                if saving > value[i]:
-                    value[i], offer[i] = saving, p
+    for p in promos:
+        if p.coupon is not None and p.coupon.casefold() not in coupons:
+            continue
+        if p.window is not _ALWAYS and not p.window._contains(ctx.now, local_now):
+            continue
+        if isinstance(p, PercentOff):
+            rate = p.percent / _HUNDRED
+            for i in cart.matching(p.target, False):
+                off = rate * price[i]
+                if off > value[i]:
+                    value[i], offer[i] = off, p
+        elif isinstance(p, AmountOff):
+            for i in cart.matching(p.target, False):
+                if cart.weighed[i]:
+                    cut = min(round_minor(p.amount * ordered[i].quantity), price[i])
+                else:
+                    cut = min(p.amount, price[i])
+                if cut > value[i]:
+                    value[i], offer[i] = cut, p
         elif isinstance(p, MultiBuy):
-            buy = matching(p.target, True)
+            buy = cart.matching(p.target, True)
             if sum(count[i] for i in buy) >= p.buy:
                 deal_promos.append(p)
                 deal_lines.append((buy, []))
         elif isinstance(p, BuyXGetY):
-            buy = matching(p.buy_target, True)
-            get = matching(p.get_target, True)
-            if sum(count[i] for i in set(buy) | set(get)) >= p.buy + p.get and get:
+            buy = cart.matching(p.buy_target, True)
+            get = cart.matching(p.get_target, True)
+            if get and sum(count[i] for i in set(buy) | set(get)) >= p.buy + p.get:
                 deal_promos.append(p)
                 deal_lines.append((buy, get))
         else:
@@ -767,9 +858,10 @@ def evaluate(lines: Sequence[PromoLine], promotions: Sequence[Promotion], ctx: P
     for k, (buy, get) in enumerate(deal_lines):
         for i in (*buy, *get):
             owner = first_owner.setdefault(i, k)
-            ra, rb = _find(parent, owner), _find(parent, k)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
+            if owner != k:
+                ra, rb = _find(parent, owner), _find(parent, k)
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
     groups: dict[int, list[int]] = {}
     for k in range(len(deal_promos)):
         groups.setdefault(_find(parent, k), []).append(k)
@@ -778,55 +870,62 @@ def evaluate(lines: Sequence[PromoLine], promotions: Sequence[Promotion], ctx: P
     by_id: dict[str, Promotion] = {}
     remaining = list(count)
     for members in groups.values():
-        comp = _Component(
-            [deal_promos[k] for k in members], [deal_lines[k] for k in members], price, count, value
-        )
+        comp = _Component([deal_promos[k] for k in members], [deal_lines[k] for k in members], price, count, value)
         for promo, deals in comp.solve():
             if not deals:
                 continue
             acc = accs.setdefault(promo.id, _Acc())
             by_id[promo.id] = promo
-            for saving, _, units, weights in deals:
+            for saving, _, units, hit in deals:
                 acc.exact += saving
                 for n, c in units:
                     remaining[comp.lines[n]] -= c
                     acc.lines.add(comp.lines[n])
-                for n, w in weights:
+                for n, c in hit:
                     g = comp.lines[n]
-                    acc.weights[g] = acc.weights.get(g, 0) + w
+                    acc.weights[g] = acc.weights.get(g, 0) + price[g] * c
 
-    for i in promotable:
+    # Units no deal took get their line's best unit offer.
+    for i in cart.promotable:
         unit_offer = offer[i]
         if unit_offer is None or not remaining[i]:
             continue
         acc = accs.setdefault(unit_offer.id, _Acc())
         by_id[unit_offer.id] = unit_offer
         saving = value[i] * remaining[i]
-        weight = price[i] * remaining[i] if isinstance(unit_offer, PercentOff) else int(saving)
-        acc.add(i, saving, weight)
+        acc.exact += saving
+        acc.weights[i] = price[i] * remaining[i] if isinstance(saving, Decimal) else saving
+        acc.lines.add(i)
 
     discounts = [0] * size
     reasons: list[list[str]] = [[] for _ in range(size)]
     applied: list[Applied] = []
 
     def record(promo: Promotion, amount: int, weights: dict[int, int], touched: set[int]) -> None:
-        shares = allocate(amount, {ordered[i].key: w for i, w in weights.items()})
-        for i in sorted(touched | {i for i in weights if ordered[i].key in shares}):
-            discounts[i] += shares.get(ordered[i].key, 0)
+        shares = _shares(amount, weights)
+        for i, share in shares.items():
+            if share:
+                discounts[i] += share
+                touched.add(i)
+        for i in touched:
             reasons[i].append(promo.name)
-        applied.append(Applied(promo.id, promo.name, amount, MappingProxyType(shares)))
+        allocations = {ordered[i].key: share for i, share in sorted(shares.items()) if share}
+        applied.append(Applied(promo.id, promo.name, amount, MappingProxyType(allocations)))
 
     for promo_id in sorted(accs):
         acc = accs[promo_id]
-        amount = round_minor(acc.exact)
+        amount = round_minor(acc.exact) if isinstance(acc.exact, Decimal) else acc.exact
         if amount > 0:
             record(by_id[promo_id], amount, acc.weights, acc.lines)
 
     # Cart level: the single best spend threshold on what is left.
     best: tuple[int, SpendThreshold, dict[int, int]] | None = None
     for t in thresholds:
-        base = {i: ordered[i].amount - discounts[i] for i in matching(t.target, False)}
-        base = {i: a for i, a in base.items() if a > 0}
+        base: dict[int, int] = {}
+        for i in cart.matching(t.target, False):
+            left = ordered[i].amount - discounts[i]
+            if left > 0:
+                base[i] = left
         subtotal = sum(base.values())
         if subtotal <= 0 or subtotal < t.threshold:
             continue
@@ -842,9 +941,7 @@ def evaluate(lines: Sequence[PromoLine], promotions: Sequence[Promotion], ctx: P
     return PromoResult(
         applied=tuple(applied),
         line_discounts=MappingProxyType({ln.key: discounts[i] for i, ln in enumerate(ordered)}),
-        line_reasons=MappingProxyType(
-            {ln.key: tuple(reasons[i]) for i, ln in enumerate(ordered) if reasons[i]}
-        ),
+        line_reasons=MappingProxyType({ln.key: tuple(reasons[i]) for i, ln in enumerate(ordered) if reasons[i]}),
         total=sum(a.amount for a in applied),
     )
 

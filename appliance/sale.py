@@ -24,7 +24,7 @@ from appliance.clock import iso_utc
 from appliance.errors import InputError, SaleError, TenderError
 from appliance.ids import uuid7
 from appliance.money import Currency, cash_round, round_minor
-from appliance.promotions import PromoContext, PromoLine, Promotion, PromoResult, evaluate
+from appliance.promotions import PromoContext, PromoLine, PromoResult, Promotion, evaluate
 from appliance.tax import TaxableLine, TaxPolicy, TaxResult, compute_tax
 from appliance.tenders import Tender, TenderKind
 
@@ -315,16 +315,16 @@ class Sale:
         apply()
         try:
             self._reprice(now)
-            if self.totals().total > self.policy.max_sale_amount:
-                raise InputError(
-                    f"sale total would exceed the limit of {self.policy.currency.plain(self.policy.max_sale_amount)}"
-                )
             for line in self.lines:
                 if line.base > self.policy.max_line_amount:
                     raise InputError(
                         f"line {line.no} would exceed the line limit of "
                         f"{self.policy.currency.plain(self.policy.max_line_amount)}"
                     )
+            if self.totals().total > self.policy.max_sale_amount:
+                raise InputError(
+                    f"sale total would exceed the limit of {self.policy.currency.plain(self.policy.max_sale_amount)}"
+                )
         except BaseException:
             undo()
             self._reprice(now)
@@ -458,9 +458,7 @@ class Sale:
         """
         due = self._payable()
         if due > 0:
-            raise TenderError(
-                f"tenders do not cover the total: {self.policy.currency.plain(due)} still due"
-            )
+            raise TenderError(f"tenders do not cover the total: {self.policy.currency.plain(due)} still due")
         self._reprice(self._priced_at or now)
         self.completed_at = now
         self.state = "completed"
@@ -494,10 +492,17 @@ class Sale:
             "coupons": sorted(self.coupons),
             "cart_discount": self.cart_discount.to_doc() if self.cart_discount else None,
             "promotions": [
-                {"id": a.promo_id, "name": a.name, "amount": a.amount} for a in (self._promo.applied if self._promo else ())
+                {"id": a.promo_id, "name": a.name, "amount": a.amount}
+                for a in (self._promo.applied if self._promo else ())
             ],
             "taxes": [
-                {"code": r.code, "name": r.name, "percent": str(r.percent), "taxable": r.taxable, "tax": r.tax}
+                {
+                    "code": r.code,
+                    "name": r.name,
+                    "percent": str(r.percent),
+                    "taxable": r.taxable,
+                    "tax": r.tax,
+                }
                 for r in self.tax.rates
             ],
             "subtotal": totals.subtotal,

@@ -23,21 +23,27 @@ Exemptions (per class, optionally limited to some of its rates)
     split into bands, each carrying the tax of the rates that apply in it.
 
 Rounding
+    Taxes are exact integer fractions until rounded; rounding is exact and only a
+    tie depends on the mode, ``half_up`` (away from zero, so returns mirror sales)
+    or ``half_even``, settled by :func:`appliance.money.round_minor`. Each rate is
+    rounded on its own: a location whose tax tables use one combined rate (New York
+    City's 8.875%) should configure that single rate.
     ``rounding="line"``: each line's tax per rate is rounded, then summed.
     ``rounding="invoice"``: the exact tax per rate is summed over the sale and
-    rounded once, then allocated back to the lines by largest remainder (each line
-    first gets its own rounded tax; the difference is given one unit at a time to
-    the lines whose rounding moved them furthest the other way, earliest line first
-    on ties), so line taxes still add up exactly. Modes ``half_up`` (ties away from
-    zero) and ``half_even`` come from :func:`appliance.money.round_minor`.
+    rounded once, then allocated back to the lines by largest remainder: each line
+    first gets its own rounded tax, then the difference is given one unit at a time
+    to the lines whose rounding moved them furthest the other way (earliest line
+    first on ties). Line taxes add up exactly and each stays within one minor unit
+    of its exact value.
 
 Guarantees
     ``total_gross == total_net + total_tax``; line taxes, rate taxes and
     ``total_tax`` agree exactly; inclusive: ``total_gross == sum(amount)``;
     exclusive: ``total_net == sum(amount)``; a negated sale (returns) gives exactly
-    the negated result. Rounding drift bound: ``|total_tax - exact tax| <= 0.5 x
-    (lines x rates)`` minor units with line rounding (0.5 per line and rate that
-    applies to it) and ``<= 0.5 x rates`` with invoice rounding.
+    the negated result. Rounding drift bound, against the exact unrounded tax:
+    ``|total_tax - exact| <= 0.5 x lines x rates`` minor units with line rounding
+    (0.5 per line and rate applying to it) and ``<= 0.5 x rates`` with invoice
+    rounding (0.5 per rate in the breakdown).
 """
 
 from __future__ import annotations
@@ -214,7 +220,11 @@ class LineTax:
 
 @dataclass(frozen=True, slots=True)
 class RateTotal:
-    """Breakdown of one rate over the sale; ``taxable`` is the net base subject to it."""
+    """Breakdown of one rate over the sale; ``taxable`` is the net base subject to it.
+
+    A line taxed on its whole amount adds its net; a line under an excess threshold
+    adds its exact partial base, rounded.
+    """
 
     code: str
     name: str
@@ -260,7 +270,10 @@ def _units(line: TaxableLine) -> int | Decimal:
     """How many items the line counts for thresholds (1 for a weighed line)."""
     if line.weighed:
         return 1
-    q = abs(line.quantity)
+    qty: Decimal | int = line.quantity  # an int quantity is accepted too
+    if isinstance(qty, int):
+        return abs(qty)
+    q = abs(qty)
     if q == q.to_integral_value():
         return int(q)
     return q

@@ -97,7 +97,9 @@ class Till:
         """Parse scanner input with the configured variable-measure layouts."""
         return parse_scan(code, today=self.clock.now().astimezone(self.tz).date(), layouts=self.layouts)
 
-    def scan(self, sale: Sale, code: str, *, quantity: Decimal | None = None, allow_expired: bool = False) -> Item:
+    def scan(
+        self, sale: Sale, code: str, *, quantity: Decimal | None = None, allow_expired: bool = False
+    ) -> Item:
         """Scan a barcode into a sale; raises :class:`NotFound` for unknown codes."""
         scan = self.parse(code)
         item = self.catalog.lookup(scan)
@@ -145,7 +147,12 @@ class Till:
         """Complete and durably commit a sale (one transaction)."""
         doc = sale.complete(self.clock.now())
         committed = self.ledger.commit_sale(doc)
-        doc = {**doc, "number": committed.number, "store": self.ledger.store_id, "device": self.ledger.device_id}
+        doc = {
+            **doc,
+            "number": committed.number,
+            "store": self.ledger.store_id,
+            "device": self.ledger.device_id,
+        }
         log.debug("sale %d committed at journal %d", committed.number, committed.journal.seq)
         return Completed(committed, doc)
 

@@ -22,9 +22,9 @@ _APPEND_ONLY = ("journal", "sales", "sale_lines", "sale_tenders", "stock_moves")
 def _v1(conn: sqlite3.Connection) -> None:
     """Journal, sales, catalog, stock and outbox."""
     db = sqlite_utils.Database(conn)
-    db["meta"].create({"key": str, "value": str}, pk="key", not_null={"value"})
-    db["counters"].create({"name": str, "value": int}, pk="name", not_null={"value"})
-    db["journal"].create(
+    db.table("meta").create({"key": str, "value": str}, pk="key", not_null={"value"})
+    db.table("counters").create({"name": str, "value": int}, pk="name", not_null={"value"})
+    db.table("journal").create(
         {
             "seq": int,
             "time": str,
@@ -40,8 +40,8 @@ def _v1(conn: sqlite3.Connection) -> None:
         not_null={"time", "type", "payload", "prev_hash", "hash"},
         foreign_keys=[("ref_seq", "journal", "seq")],
     )
-    db["journal"].create_index(["type"])
-    db["items"].create(
+    db.table("journal").create_index(["type"])
+    db.table("items").create(
         {
             "sku": str,
             "name": str,
@@ -56,19 +56,19 @@ def _v1(conn: sqlite3.Connection) -> None:
         not_null={"name", "price", "unit", "tax_class", "department", "age_restricted", "active"},
         defaults={"unit": "each", "department": "", "age_restricted": 0, "active": 1},
     )
-    db["barcodes"].create(
+    db.table("barcodes").create(
         {"key": str, "sku": str, "code": str},
         pk="key",
         not_null={"sku", "code"},
         foreign_keys=[("sku", "items", "sku")],
     )
-    db["barcodes"].create_index(["sku"])
-    db["suspended"].create(
+    db.table("barcodes").create_index(["sku"])
+    db.table("suspended").create(
         {"id": str, "cashier": str, "time": str, "body": str}, pk="id", not_null={"time", "body"}
     )
-    db["promotions"].create({"id": str, "body": str}, pk="id", not_null={"body"})
-    db["stock"].create({"sku": str, "level_milli": int}, pk="sku", not_null={"level_milli"})
-    db["sales"].create(
+    db.table("promotions").create({"id": str, "body": str}, pk="id", not_null={"body"})
+    db.table("stock").create({"sku": str, "level_milli": int}, pk="sku", not_null={"level_milli"})
+    db.table("sales").create(
         {
             "id": str,
             "number": int,
@@ -90,9 +90,9 @@ def _v1(conn: sqlite3.Connection) -> None:
         not_null={"number", "journal_seq", "completed_at", "currency", "total"},
         foreign_keys=[("journal_seq", "journal", "seq")],
     )
-    db["sales"].create_index(["number"], unique=True)
-    db["sales"].create_index(["journal_seq"], unique=True)
-    db["sale_lines"].create(
+    db.table("sales").create_index(["number"], unique=True)
+    db.table("sales").create_index(["journal_seq"], unique=True)
+    db.table("sale_lines").create(
         {
             "sale_id": str,
             "line_no": int,
@@ -111,13 +111,13 @@ def _v1(conn: sqlite3.Connection) -> None:
         not_null={"sku", "qty", "unit_price", "amount", "discount", "tax", "total", "voided"},
         foreign_keys=[("sale_id", "sales", "id")],
     )
-    db["sale_tenders"].create(
+    db.table("sale_tenders").create(
         {"sale_id": str, "idx": int, "kind": str, "amount": int, "reference": str},
         pk=("sale_id", "idx"),
         not_null={"kind", "amount"},
         foreign_keys=[("sale_id", "sales", "id")],
     )
-    db["stock_moves"].create(
+    db.table("stock_moves").create(
         {
             "id": int,
             "sku": str,
@@ -131,8 +131,8 @@ def _v1(conn: sqlite3.Connection) -> None:
         not_null={"sku", "delta_milli", "level_milli", "reason", "journal_seq"},
         foreign_keys=[("sale_id", "sales", "id"), ("journal_seq", "journal", "seq")],
     )
-    db["stock_moves"].create_index(["sale_id"])
-    db["outbox"].create(
+    db.table("stock_moves").create_index(["sale_id"])
+    db.table("outbox").create(
         {
             "seq": int,
             "id": str,
@@ -148,8 +148,8 @@ def _v1(conn: sqlite3.Connection) -> None:
         not_null={"id", "type", "time", "data"},
         foreign_keys=[("journal_seq", "journal", "seq")],
     )
-    db["outbox"].create_index(["id"], unique=True)
-    db["outbox"].create_index(["journal_seq"])
+    db.table("outbox").create_index(["id"], unique=True)
+    db.table("outbox").create_index(["journal_seq"])
     for table in _APPEND_ONLY:
         conn.execute(
             f"CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} "

@@ -212,7 +212,9 @@ class Ledger:
         if app_id == 0 and version == 0:
             tables = self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             if tables:
-                raise LedgerCorrupt(f"{self.path} is a SQLite database of another program, not a tillbox ledger")
+                raise LedgerCorrupt(
+                    f"{self.path} is a SQLite database of another program, not a tillbox ledger"
+                )
         elif app_id != APPLICATION_ID:
             raise LedgerCorrupt(f"{self.path} is not a tillbox ledger (application_id {app_id:#x})")
         if version > LATEST_VERSION:
@@ -228,7 +230,11 @@ class Ledger:
                     self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     self.conn.executemany(
                         "INSERT INTO meta(key, value) VALUES (?, ?)",
-                        [("store_id", self.store_id), ("device_id", self.device_id), ("genesis", self.genesis)],
+                        [
+                            ("store_id", self.store_id),
+                            ("device_id", self.device_id),
+                            ("genesis", self.genesis),
+                        ],
                     )
                 self.conn.execute(f"PRAGMA user_version = {target}")
                 self.conn.execute("COMMIT")
@@ -345,7 +351,11 @@ class Ledger:
             record["device"] = self.device_id
             time = str(record["completed_at"])
             entry = tx.journal(
-                "sale.completed", record, time=time, actor=record.get("cashier"), approver=record.get("approver")
+                "sale.completed",
+                record,
+                time=time,
+                actor=record.get("cashier"),
+                approver=record.get("approver"),
             )
             lines = record["lines"]
             self.conn.execute(

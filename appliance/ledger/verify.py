@@ -68,7 +68,9 @@ def _verify_chain(ledger: Ledger, report: VerifyReport) -> None:
             problem = f"journal entry {expected} is missing (next entry found is {seq})"
             report.first_bad_seq = expected
         elif prev_hash != prev:
-            problem = f"journal entry {seq} ({type_}) does not chain to entry {seq - 1}: reordered or replaced"
+            problem = (
+                f"journal entry {seq} ({type_}) does not chain to entry {seq - 1}: reordered or replaced"
+            )
         elif entry_hash(prev, seq, time, type_, actor, approver, ref_seq, payload) != digest:
             problem = f"journal entry {seq} ({type_}) was altered: its hash does not match its content"
         if problem:
