@@ -485,13 +485,15 @@ class _Component:
                 for g in {*buy, *get}:
                     contest[local[g]] += 1
 
-        # Unit orders a promotion may fill its deals in: dearest first; smallest
-        # unit-offer value first; least contested first. Duplicates are dropped.
-        keys: list[Callable[[int], tuple[_Num, ...]]] = [
-            lambda n: (-pr[n], val[n], contest[n], n),
-            lambda n: (val[n], -pr[n], contest[n], n),
-            lambda n: (contest[n], -pr[n], val[n], n),
-        ]
+        # Unit orders a promotion may fill its deals in: dearest first; with unit offers
+        # around, smallest unit-offer value first; with rivals, least contested first and
+        # cheapest first. Duplicate orders are dropped.
+        keys: list[Callable[[int], tuple[Any, ...]]] = [lambda n: (-pr[n], val[n], contest[n], n)]
+        if self.valued:
+            keys.append(lambda n: (val[n], -pr[n], contest[n], n))
+        if len(promos) > 1:
+            keys.append(lambda n: (contest[n], -pr[n], val[n], n))
+            keys.append(lambda n: (pr[n], val[n], contest[n], n))
         self.gens: list[list[_Gen]] = []
         self.reach: list[set[int]] = []
         for promo, (buy, get) in zip(promos, eligible, strict=True):
@@ -512,18 +514,19 @@ class _Component:
             # Gets: as above, but units that cannot be bought first on ties.
             get_orders: list[list[int]] = []
             for key in keys:
-                order = [t[-1] for t in sorted((*key(n)[:-1], n in buy_set, n) for n in get_l)]
+                ties = {n: (*key(n)[:-1], n in buy_set, n) for n in get_l}
+                order = sorted(get_l, key=ties.__getitem__)
                 if order not in get_orders:
                     get_orders.append(order)
             # Buys: smallest unit-offer value plus (if it could be a get) get value first;
             # or smallest unit-offer value first.
             rate = promo.percent / _HUNDRED
             buy_orders: list[list[int]] = []
-            for ranked in (
-                sorted((val[n] + (rate * pr[n] if n in get_set else 0), pr[n], contest[n], n) for n in buy_l),
-                sorted((val[n], n in get_set, pr[n], contest[n], n) for n in buy_l),
+            for rank in (
+                {n: (val[n] + (rate * pr[n] if n in get_set else 0), pr[n], contest[n], n) for n in buy_l},
+                {n: (val[n], n in get_set, pr[n], contest[n], n) for n in buy_l},
             ):
-                order = [t[-1] for t in ranked]
+                order = sorted(buy_l, key=rank.__getitem__)
                 if order not in buy_orders:
                     buy_orders.append(order)
             self.gens.append([self._split(promo, b, g, buy_set) for g in get_orders for b in buy_orders])
@@ -664,28 +667,39 @@ class _Component:
                 best_d, best = d, acc
         return best_d, best
 
-    def _best_variant(self, i: int, state: Sequence[int]) -> tuple[list[_Deal], int, _Num]:
-        """Deals of promotion ``i`` from its best generator, its best count and net gain."""
-        best: tuple[list[_Deal], int, _Num] | None = None
-        for gen in self.gens[i]:
+    def _best_variant(self, gens: list[_Gen], state: Sequence[int]) -> tuple[list[_Deal], int, _Num, _Gen]:
+        """Deals from the generator with the best net gain, its best deal count, gain, generator."""
+        best: tuple[list[_Deal], int, _Num, _Gen] | None = None
+        for gen in gens:
             deals = gen(state)
             take, net = self._net(deals)
             if best is None or net > best[2]:
-                best = (deals, take, net)
+                best = (deals, take, net, gen)
         assert best is not None
         return best
 
     def solve(self) -> list[tuple[MultiBuy | BuyXGetY, list[_Deal]]]:
-        """Choose the deals of every promotion of the group."""
-        alone = [self._best_variant(i, self.state) for i in range(len(self.promos))]
+        """Choose the deals of every promotion of the group.
+
+        Exhaustive over unit orders and deal counts when that tree is within
+        :data:`SEARCH_LIMIT`; else over deal counts with each promotion's best order;
+        else greedy.
+        """
+        alone = [self._best_variant(gens, self.state) for gens in self.gens]
         if len(alone) == 1:
-            deals, take, _ = alone[0]
+            deals, take, _, _ = alone[0]
             return [(self.promos[0], deals[:take])]
         order = sorted(range(len(self.promos)), key=lambda i: (-alone[i][2], self.promos[i].id))
-        tree = 1
+        full = counts = 1
         for i in order:
-            tree *= len(self.gens[i]) * (len(alone[i][0]) + 1)
-        plan = self._search(order) if tree <= SEARCH_LIMIT else self._greedy(order)
+            counts *= len(alone[i][0]) + 1
+            full *= len(self.gens[i]) * (len(alone[i][0]) + 1)
+        if full <= SEARCH_LIMIT:
+            plan = self._search(order, [self.gens[i] for i in order])
+        elif counts <= SEARCH_LIMIT:
+            plan = self._search(order, [[alone[i][3]] for i in order])
+        else:
+            plan = self._greedy(order)
         return [(self.promos[i], deals[:take]) for i, (deals, take) in zip(order, plan, strict=True)]
 
     def _greedy(self, order: list[int]) -> tuple[tuple[list[_Deal], int], ...]:
@@ -693,16 +707,15 @@ class _Component:
         state = list(self.state)
         plan: list[tuple[list[_Deal], int]] = []
         for i in order:
-            deals, take, _ = self._best_variant(i, state)
+            deals, take, _, _ = self._best_variant(self.gens[i], state)
             for _, _, units, _ in deals[:take]:
                 for n, c in units:
                     state[n] -= c
             plan.append((deals, take))
         return tuple(plan)
 
-    def _search(self, order: list[int]) -> tuple[tuple[list[_Deal], int], ...]:
+    def _search(self, order: list[int], variants: list[list[_Gen]]) -> tuple[tuple[list[_Deal], int], ...]:
         """Exhaustive search over generators and deal counts, memoised on (position, visible units)."""
-        variants = [self.gens[i] for i in order]
         last = len(order) - 1
         seen: set[int] = set()
         visible: list[tuple[int, ...]] = []  # lines the promotions from position k on can touch
@@ -718,7 +731,7 @@ class _Component:
             if hit is not None:
                 return hit
             if k == last:
-                deals, take, net = self._best_variant(order[k], state)
+                deals, take, net, _ = self._best_variant(variants[k], state)
                 result: _Plan = (net, ((deals, take),))
             else:
                 sub_net, sub_plan = best(k + 1, state)

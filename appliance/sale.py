@@ -13,7 +13,6 @@ A sale records its cashier and its duration from first scan to completion.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from decimal import Decimal
@@ -24,7 +23,7 @@ from appliance.clock import iso_utc
 from appliance.errors import InputError, SaleError, TenderError
 from appliance.ids import uuid7
 from appliance.money import Currency, cash_round, round_minor
-from appliance.promotions import PromoContext, PromoLine, PromoResult, Promotion, evaluate
+from appliance.promotions import PromoContext, PromoLine, PromoResult, Promotion, allocate, evaluate
 from appliance.tax import TaxableLine, TaxPolicy, TaxResult, compute_tax
 from appliance.tenders import Tender, TenderKind
 
@@ -365,8 +364,9 @@ class Sale:
         if self.cart_discount is not None and active:
             pool = sum(ln.amount for ln in active)
             total_off = self.cart_discount.of(pool, mode)
-            for ln, share in zip(active, allocate(total_off, [ln.amount for ln in active]), strict=True):
-                ln.cart_discount = share
+            shares = allocate(total_off, {ln.key: ln.amount for ln in active})
+            for ln in active:
+                ln.cart_discount = shares.get(ln.key, 0)
         taxed = compute_tax(
             [TaxableLine(ln.key, ln.item.tax_class, ln.amount, ln.quantity) for ln in active], self.policy.tax
         )
@@ -626,25 +626,6 @@ def _line_state(ln: Line) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def allocate(total: int, weights: Sequence[int]) -> list[int]:
-    """Split ``total`` over ``weights`` proportionally; shares are ints summing exactly to ``total``.
-
-    Largest remainder; ties go to the earlier position, so the result is deterministic.
-    """
-    if not weights:
-        return []
-    base = sum(weights)
-    if base <= 0:
-        shares = [0] * len(weights)
-        shares[0] = total
-        return shares
-    raw = [(total * w) // base for w in weights]
-    remainders = sorted(range(len(weights)), key=lambda i: (-((total * weights[i]) % base), i))
-    for i in remainders[: total - sum(raw)]:
-        raw[i] += 1
-    return raw
-
-
 __all__ = [
     "Discount",
     "Line",
@@ -653,5 +634,4 @@ __all__ = [
     "SalePolicy",
     "ScanInfo",
     "Totals",
-    "allocate",
 ]

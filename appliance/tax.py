@@ -161,12 +161,13 @@ class TaxPolicy:
         object.__setattr__(self, "_compiled", _Compiled(scale, MappingProxyType(compiled)))
 
 
-def _compile_class(
-    name: str, cls: TaxClass, rates: Mapping[str, TaxRate], scale: int, inclusive: bool
-) -> _Class:
+def _compile_class(name: str, cls: TaxClass, rates: Mapping[str, TaxRate], scale: int, inclusive: bool) -> _Class:
     """Check one class against the known rates and precompute its integer factors."""
     if cls.name != name:
         raise ConfigError(f"tax class listed as {name!r} is named {cls.name!r}")
+    given: list[object] = [cls.rates, *(ex.rates for ex in cls.exemptions)]
+    if any(isinstance(value, str) for value in given):
+        raise ConfigError(f"tax class {name!r}: rates must be a list of rate codes, not a string")
     codes = tuple(cls.rates)
     for code in codes:
         if code not in rates:

@@ -80,7 +80,7 @@ KEYPAD_DIGITS: Mapping[int, str] = MappingProxyType(
     }
 )  # fmt: skip
 _KEYPAD_OTHER: Mapping[int, str] = MappingProxyType(
-    {KEY_KPSLASH: "/", KEY_KPASTERISK: "*", KEY_KPMINUS: "-", KEY_KPPLUS: "+"}
+    {KEY_KPSLASH: "/", KEY_KPASTERISK: "*", KEY_KPMINUS: "-", KEY_KPPLUS: "+", KEY_KPENTER: "\n"}
 )
 _SHIFT = frozenset({KEY_LEFTSHIFT, KEY_RIGHTSHIFT})
 _CTRL = frozenset({KEY_LEFTCTRL, KEY_RIGHTCTRL})
@@ -145,6 +145,8 @@ def _keys(
         table[code] = (low, up, "")
     table.update(other)
     table[KEY_SPACE] = (" ", " ", " ")
+    table[KEY_TAB] = ("\t", "\t", "")
+    table[KEY_ENTER] = ("\n", "\n", "")
     for code, ch in altgr.items():
         low, up, _ = table[code]
         table[code] = (low, up, ch)

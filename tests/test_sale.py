@@ -17,7 +17,7 @@ from appliance.errors import InputError, NotFound, PaymentDeclined, SaleError, T
 from appliance.ledger import verify
 from appliance.money import Currency
 from appliance.promotions import MultiBuy, PercentOff, Target
-from appliance.sale import Discount, Sale, SalePolicy, allocate
+from appliance.sale import Discount, Sale, SalePolicy
 from appliance.tenders import TenderKind
 from appliance.till import Till, open_ledger
 from drivers.payment import Outcome, SimulatedTerminal
@@ -387,11 +387,3 @@ def test_totals_equal_lines_and_tenders_cover(ops, inclusive: bool, rounding: st
     doc = sale.complete(NOW)
     assert sum(x["amount"] for x in doc["tenders"]) == doc["total"] + doc["rounding"]
     assert doc["change"] == (7 if sale.tenders[-1].kind is TenderKind.CASH else 0)
-
-
-@given(st.integers(0, 10**7), st.lists(st.integers(0, 10**6), min_size=1, max_size=30))
-def test_allocate_sums_exactly(total: int, weights: list[int]) -> None:
-    shares = allocate(total, weights)
-    assert sum(shares) == total
-    if sum(weights) and total <= sum(weights):
-        assert all(s <= w for s, w in zip(shares, weights, strict=True))

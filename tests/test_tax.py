@@ -63,6 +63,7 @@ def line(key: str, cls: str, amount: int, qty: str = "1", weighed: bool = False)
         ({"A": "10"}, {"c": (("A",), (Exemption(-1, "below"),))}, {}, "threshold"),
         ({"A": "10"}, {"c": (("A",), (Exemption(100, "above"),))}, {}, "mode"),  # type: ignore[arg-type]
         ({"A": "10"}, {"c": ((), (Exemption(100, "below"),))}, {}, "no rates"),
+        ({"A": "10"}, {"c": ("A", ())}, {}, "not a string"),
         ({"A": "10"}, {"c": (("A",), ())}, {"rounding": "sale"}, "rounding"),
         ({"A": "10"}, {"c": (("A",), ())}, {"mode": "down"}, "rounding mode"),
     ],
