@@ -233,9 +233,10 @@ class RasterImage:
         flat.alpha_composite(rgba)
         grey = flat.convert("L")
         width, height = grey.size
+        pixels = grey.tobytes()
         out = bytearray()
         for y in range(height):
-            out += _pack([grey.getpixel((x, y)) < threshold for x in range(width)])  # type: ignore[operator]
+            out += _pack([p < threshold for p in pixels[y * width : (y + 1) * width]])
         return cls(width, height, bytes(out))
 
 
@@ -340,10 +341,10 @@ def decode_code128(data: bytes) -> str:
     i = 0
     while i < len(data):
         b = data[i]
-        if b == ord("{") and mode != "C" or (mode == "C" and b == ord("{")):
+        if b == ord("{"):  # never a code set C value, which is 0..99
             code = chr(data[i + 1]) if i + 1 < len(data) else ""
             i += 2
-            if code in "ABC" and code:
+            if code and code in "ABC":
                 mode = code
             elif code == "{":
                 out.append("{")
@@ -569,7 +570,7 @@ class _Tape:
         self.out += data
 
     def line(self, text: str = "") -> None:
-        self.out += encode_text(printable(text, self.page)[: self.width], self.page) + b"\n"
+        self.out += printable(text, self.page)[: self.width].encode(self.page.codec) + b"\n"
 
     def wrapped(self, text: str, indent: str = "") -> None:
         clean = printable(text, self.page)
@@ -584,10 +585,10 @@ class _Tape:
 
     def columns(self, cells: Sequence[str], widths: Sequence[int]) -> None:
         """A table row: first cell left-aligned in the remaining width, others right-aligned."""
-        first = self.width - sum(w + 1 for w in widths)
+        first = max(0, self.width - sum(w + 1 for w in widths))
         text = printable(cells[0], self.page)[:first].ljust(first)
         for cell, w in zip(cells[1:], widths, strict=True):
-            text += " " + printable(cell, self.page)[-w:].rjust(w)
+            text += " " + printable(cell, self.page).rjust(w)
         self.line(text)
 
     def rule(self) -> None:
@@ -615,7 +616,7 @@ def _symbol(reference: str, profile: PrinterProfile) -> bytes:
             size = fit_module_width(modules, profile.dots, profile.qr_module, minimum=1)
             if size is not None:
                 body = cmd_qr(payload, module=size, ec=profile.qr_ec)
-                return cmd_align("center") + body + b"\n" + cmd_align("left")
+                return cmd_align("center") + body + cmd_align("left")
     return b""
 
 
@@ -683,23 +684,25 @@ def _taxes(tape: _Tape, doc: Mapping[str, Any], money: Any) -> None:
     rates = doc.get("taxes") or []
     if not rates:
         return
-    widths = [8, 8]
+    rows = [(f"{r['percent']}% {r['name']}", money(r["taxable"]), money(r["tax"])) for r in rates]
+    widths = [max(len(h), *(len(row[k]) for row in rows)) for k, h in ((1, "Net"), (2, "Tax"))]
     tape.columns(["Tax rate", "Net", "Tax"], widths)
-    for r in rates:
-        tape.columns([f"{r['percent']}% {r['name']}", money(r["taxable"]), money(r["tax"])], widths)
+    for row in rows:
+        tape.columns(row, widths)
 
 
 def render_receipt(
     doc: Mapping[str, Any],
     profile: PrinterProfile,
-    letterhead: Letterhead = Letterhead(),  # noqa: B008 - frozen, immutable default
+    letterhead: Letterhead | None = None,
     *,
     logo: RasterImage | None = None,
     currency: Currency | None = None,
 ) -> bytes:
     """The complete ESC/POS byte stream for a committed sale document."""
-    money = (currency or Currency.of(str(doc["currency"]))).plain
-    code = (currency.code if currency else str(doc["currency"]))
+    letterhead = letterhead or Letterhead()
+    currency = currency or Currency.of(str(doc["currency"]))
+    money, code = currency.plain, currency.code
     tape = _Tape(profile)
     tape.raw(INIT + cmd_code_table(profile.page.table) + cmd_align("center"))
     if logo is not None:
@@ -743,7 +746,10 @@ def render_receipt(
     cashier = doc.get("cashier")
     tape.line(f"{when}  {cashier}".strip() if cashier else when)
     tape.raw(cmd_align("left"))
-    tape.raw(_symbol(reference, profile))
+    symbol = _symbol(reference, profile)
+    if symbol:
+        tape.raw(symbol)
+        tape.line()
     if letterhead.footer:
         tape.raw(cmd_align("center"))
         for text in letterhead.footer:
@@ -758,7 +764,7 @@ def render_receipt(
 
 # -- reading bytes back ---------------------------------------------------------------------------
 
-_ONE_ARG_ESC = set(b"!-23EGJMRSTUVadeijtr{ ")
+_ONE_ARG_ESC = set(b"!-3EGJMRTUVadert{ ")
 _ONE_ARG_GS = set(b"!BHLPWfhw")
 _TABLES = {cp.table: cp for cp in CODE_PAGES.values()}
 
@@ -860,8 +866,11 @@ def to_text(data: bytes, columns: int = 0) -> str:
         elif kind == "ESC a" and args:
             align = args[0] % 48
         elif kind == "ESC d" and args:
-            flush(force=False)
-            lines.extend([""] * args[0])
+            feed = args[0]
+            if current:
+                flush()
+                feed -= 1
+            lines.extend([""] * max(0, feed))
         elif kind == "raster" and len(args) >= 4:
             lines.append(f"[IMAGE {(args[0] | args[1] << 8) * 8}x{args[2] | args[3] << 8}]")
         elif kind == "barcode" and args:

@@ -23,18 +23,19 @@ An autorepeat event (a key held down) marks a sequence as typed by hand.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import select
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
 from itertools import pairwise
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from appliance.barcode import DEFAULT_LAYOUTS, MAX_SCAN_LENGTH, Scan, VariableMeasureLayout, parse_scan
 from appliance.errors import BarcodeError, ConfigError, DeviceMisconfigured, DeviceUnavailable
@@ -329,15 +330,18 @@ class SerialFramer:
         return [Rejected(f"incomplete line: no terminator within {self.framing.line_timeout:g} s", now)]
 
     def _line_byte(self, byte: int, now: float, out: list[Outcome]) -> None:
-        self._push(byte)
-        if not self._buf.endswith(self._end) and not (self._overflow and byte == self._end[-1]):
-            return
-        overflow, line = self._overflow, bytes(self._buf)
-        self.reset()
-        if overflow:
-            out.append(Rejected(f"line longer than {self.framing.max_length} bytes", now))
-        else:
-            self._emit(line, now, out)
+        if not self._overflow:
+            self._buf.append(byte)
+        if self._buf.endswith(self._end) or (self._overflow and byte == self._end[-1]):
+            overflow, line = self._overflow, bytes(self._buf)
+            self.reset()
+            if overflow:
+                out.append(Rejected(f"line longer than {self.framing.max_length} bytes", now))
+            else:
+                self._emit(line, now, out)
+        elif len(self._buf) > self.framing.max_length + len(self._end):
+            self._overflow = True
+            self._buf.clear()
 
     def _frame_byte(self, byte: int, now: float, out: list[Outcome]) -> None:
         if byte == _STX:
@@ -347,10 +351,11 @@ class SerialFramer:
             self._in_frame, self._started = True, now
         elif not self._in_frame:
             if byte in (_CR, _LF):
-                if not self._stray:
-                    self._started = None
-                return
-            self._stray = True
+                if self._stray:
+                    out.append(Rejected("garbage: bytes outside an STX/ETX frame", now))
+                self.reset()
+            else:
+                self._stray = True
         elif byte == _ETX:
             overflow, line = self._overflow, bytes(self._buf)
             self.reset()
@@ -358,16 +363,11 @@ class SerialFramer:
                 out.append(Rejected(f"frame longer than {self.framing.max_length} bytes", now))
             else:
                 self._emit(line, now, out)
-        else:
-            self._push(byte)
-
-    def _push(self, byte: int) -> None:
-        if self._overflow:
-            return
-        self._buf.append(byte)
-        if len(self._buf) > self.framing.max_length + len(self._end):
-            self._overflow = True
-            self._buf.clear()
+        elif not self._overflow:
+            self._buf.append(byte)
+            if len(self._buf) > self.framing.max_length:
+                self._overflow = True
+                self._buf.clear()
 
     def _emit(self, line: bytes, now: float, out: list[Outcome]) -> None:
         line = line.strip(b"\r\n")
@@ -440,29 +440,58 @@ class ReaderThread:
     def _run(self) -> None:
         delay = self._backoff.initial
         while not self._stop.is_set():
-            try:
-                self._link.open()
-            except DeviceMisconfigured as exc:
-                self._device.set_health(Health.UNAVAILABLE, str(exc))
-                return
-            except DeviceUnavailable as exc:
-                self._device.set_health(Health.UNAVAILABLE, str(exc))
-                self._stop.wait(delay)
-                delay = min(delay * 2, self._backoff.cap)
-                continue
-            delay = self._backoff.initial
-            self._device.set_health(Health.OK)
-            try:
-                while not self._stop.is_set():
-                    self._link.pump()
-            except DeviceUnavailable as exc:
-                self._device.set_health(Health.UNAVAILABLE, str(exc))
-            except Exception as exc:
-                log.exception("reader of %s failed", self._device.name)
-                self._device.set_health(Health.UNAVAILABLE, f"reader failed: {exc}")
-                self._stop.wait(delay)
-            finally:
-                self._link.release()
+            if self._connect():
+                delay = self._backoff.initial
+                self._pump()
+                if self._stop.is_set():
+                    return
+            self._stop.wait(delay)
+            delay = min(delay * 2, self._backoff.cap)
+
+    def _connect(self) -> bool:
+        """Open the link; False (health set) when it cannot be opened now."""
+        try:
+            self._link.open()
+        except DeviceMisconfigured as exc:
+            self._device.set_health(Health.UNAVAILABLE, str(exc))
+            self._stop.set()
+            return False
+        except DeviceUnavailable as exc:
+            self._device.set_health(Health.UNAVAILABLE, str(exc))
+            return False
+        except Exception as exc:
+            log.exception("opening %s failed", self._device.name)
+            self._device.set_health(Health.UNAVAILABLE, f"cannot open: {exc}")
+            return False
+        self._device.set_health(Health.OK)
+        return True
+
+    def _pump(self) -> None:
+        """Pump the open link until it is lost or the thread is stopped."""
+        try:
+            while not self._stop.is_set():
+                self._link.pump()
+        except DeviceUnavailable as exc:
+            self._device.set_health(Health.UNAVAILABLE, str(exc))
+        except Exception as exc:
+            log.exception("reader of %s failed", self._device.name)
+            self._device.set_health(Health.UNAVAILABLE, f"reader failed: {exc}")
+        finally:
+            self._link.release()
+
+
+class InputDeviceLike(Protocol):
+    """The part of ``evdev.InputDevice`` the link uses."""
+
+    def fileno(self) -> int: ...
+
+    def read(self) -> Iterator[InputEventLike]: ...
+
+    def grab(self) -> None: ...
+
+    def ungrab(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class EvdevLink:
@@ -485,12 +514,12 @@ class EvdevLink:
         self._handle = handle
         self._clock = clock
         self._poll = poll
-        self._dev: object | None = None
+        self._dev: InputDeviceLike | None = None
 
     def open(self) -> None:
         evdev = _import_evdev()
         try:
-            dev = evdev.InputDevice(self.path)
+            dev: InputDeviceLike = evdev.InputDevice(self.path)
         except OSError as exc:
             raise DeviceUnavailable(f"cannot open {self.path}: {exc.strerror or exc}") from exc
         try:
@@ -511,13 +540,11 @@ class EvdevLink:
             timeout = max(0.0, min(timeout, deadline - self._clock()))
         outcomes: list[Outcome] = []
         try:
-            ready, _, _ = select.select([dev.fileno()], [], [], timeout)  # type: ignore[attr-defined]
+            ready, _, _ = select.select([dev.fileno()], [], [], timeout)
             if ready:
-                try:
-                    for event in dev.read():  # type: ignore[attr-defined]
+                with contextlib.suppress(BlockingIOError):  # woken with nothing to read
+                    for event in dev.read():
                         outcomes.extend(self._decoder.feed_event(event))
-                except BlockingIOError:
-                    pass
         except OSError as exc:
             self._handle(outcomes)
             raise DeviceUnavailable(f"{self.path} disconnected: {exc.strerror or exc}") from exc
@@ -528,17 +555,13 @@ class EvdevLink:
         dev, self._dev = self._dev, None
         if dev is None:
             return
-        try:
-            dev.ungrab()  # type: ignore[attr-defined]
-        except OSError:
-            pass  # the device is gone; closing is all that is left
-        try:
-            dev.close()  # type: ignore[attr-defined]
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # a device that is gone cannot be ungrabbed
+            dev.ungrab()
+        with contextlib.suppress(OSError):
+            dev.close()
 
 
-def _import_evdev() -> object:
+def _import_evdev() -> Any:
     try:
         import evdev
     except ImportError as exc:
@@ -582,10 +605,8 @@ class SerialLink:
     def release(self) -> None:
         transport, self._transport = self._transport, None
         if transport is not None:
-            try:
+            with contextlib.suppress(OSError):
                 transport.close()
-            except OSError:
-                pass
 
 
 class Scanner(Device):

@@ -311,3 +311,21 @@ def test_full_disk_is_a_clear_error_and_loses_nothing(demo_till: Till) -> None:
     _sale(demo_till)
     assert led.sale_count() == 2
     assert verify(led).ok
+
+
+def test_old_schema_is_migrated_in_place(tmp_path: Path) -> None:
+    from appliance.ledger import schema
+
+    path = tmp_path / "ledger.db"
+    with Ledger(path, store_id="s", device_id="d") as led:
+        led.append("note", {"n": 1}, time=T)
+    conn = _raw(path)  # roll the file back to what schema version 1 looked like
+    conn.execute("DROP TABLE alerts")
+    conn.execute("DROP TABLE dead_letters")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    with Ledger(path, store_id="s", device_id="d") as led:
+        assert led.schema_version == schema.LATEST_VERSION == 2
+        assert led.conn.execute("SELECT count(*) FROM alerts").fetchone()[0] == 0
+        assert led.head()[0] == 1
+        assert verify(led).ok

@@ -184,6 +184,21 @@ def _v1(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO counters(name, value) VALUES ('outbox_seq', 0)")
 
 
+def _v2(conn: sqlite3.Connection) -> None:
+    """Active alerts, and a dead-letter table for rejected inbound messages."""
+    db = sqlite_utils.Database(conn)
+    db.table("alerts").create(
+        {"code": str, "severity": str, "message": str, "raised_at": str, "journal_seq": int},
+        pk="code",
+        not_null={"severity", "message", "raised_at"},
+    )
+    db.table("dead_letters").create(
+        {"id": int, "received_at": str, "topic": str, "reason": str, "payload": bytes},
+        pk="id",
+        not_null={"received_at", "topic", "reason"},
+    )
+
+
 #: Migration n brings the schema from version n-1 to n. Append, never edit.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1,)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
 LATEST_VERSION = len(MIGRATIONS)
