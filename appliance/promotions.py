@@ -681,33 +681,35 @@ class _Component:
     def solve(self) -> list[tuple[MultiBuy | BuyXGetY, list[_Deal]]]:
         """Choose the deals of every promotion of the group.
 
-        Exhaustive over unit orders and deal counts when that tree is within
-        :data:`SEARCH_LIMIT`; else over deal counts with each promotion's best order;
-        else greedy.
+        Promotions are ordered by standalone net gain (then id). The search is exhaustive
+        over unit orders and deal counts when that tree is within :data:`SEARCH_LIMIT`,
+        else over deal counts in the dearest-first order, else greedy.
         """
-        alone = [self._best_variant(gens, self.state) for gens in self.gens]
-        if len(alone) == 1:
-            deals, take, _, _ = alone[0]
+        if len(self.promos) == 1:
+            deals, take, _, _ = self._best_variant(self.gens[0], self.state)
             return [(self.promos[0], deals[:take])]
-        order = sorted(range(len(self.promos)), key=lambda i: (-alone[i][2], self.promos[i].id))
+        first = [gens[0](self.state) for gens in self.gens]
+        gain = [self._net(deals)[1] for deals in first]
+        order = sorted(range(len(self.promos)), key=lambda i: (-gain[i], self.promos[i].id))
         full = counts = 1
         for i in order:
-            counts *= len(alone[i][0]) + 1
-            full *= len(self.gens[i]) * (len(alone[i][0]) + 1)
+            counts *= len(first[i]) + 1
+            full *= len(self.gens[i]) * (len(first[i]) + 1)
         if full <= SEARCH_LIMIT:
             plan = self._search(order, [self.gens[i] for i in order])
         elif counts <= SEARCH_LIMIT:
-            plan = self._search(order, [[alone[i][3]] for i in order])
+            plan = self._search(order, [self.gens[i][:1] for i in order])
         else:
-            plan = self._greedy(order)
+            plan = self._greedy(order, first)
         return [(self.promos[i], deals[:take]) for i, (deals, take) in zip(order, plan, strict=True)]
 
-    def _greedy(self, order: list[int]) -> tuple[tuple[list[_Deal], int], ...]:
-        """Each promotion in turn takes the deal count with the best net gain."""
+    def _greedy(self, order: list[int], first: list[list[_Deal]]) -> tuple[tuple[list[_Deal], int], ...]:
+        """Each promotion in turn takes (dearest first) the deal count with the best net gain."""
         state = list(self.state)
         plan: list[tuple[list[_Deal], int]] = []
-        for i in order:
-            deals, take, _, _ = self._best_variant(self.gens[i], state)
+        for k, i in enumerate(order):
+            deals = first[i] if k == 0 else self.gens[i][0](state)
+            take = self._net(deals)[0]
             for _, _, units, _ in deals[:take]:
                 for n, c in units:
                     state[n] -= c
@@ -791,19 +793,13 @@ class _Cart:
         if hit is None:
             if target.everything:
                 hit = self.promotable
-            elif not target.departments and len(target.skus) <= len(self.by_sku):
-                hit = sorted(i for sku in target.skus for i in self.by_sku.get(sku, ()))
             else:
-                found: set[int] = set()
+                found: list[int] = []
                 for index, names in ((self.by_sku, target.skus), (self.by_dept, target.departments)):
-                    if len(names) <= len(index):
-                        for name in names:
-                            found.update(index.get(name, ()))
-                    else:
-                        for name, got in index.items():
-                            if name in names:
-                                found.update(got)
-                hit = sorted(found)
+                    if names:
+                        for name in index.keys() & names:
+                            found.extend(index[name])
+                hit = sorted(set(found) if target.skus and target.departments else found)
             if counted_only:
                 hit = [i for i in hit if not self.weighed[i]]
             self._cache[target, counted_only] = hit

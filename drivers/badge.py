@@ -29,7 +29,7 @@ from drivers.scanner import (
     ReaderThread,
     RejectCallback,
     WedgeDecoder,
-    _import_evdev,
+    require_evdev,
 )
 
 __all__ = [
@@ -148,7 +148,7 @@ class EvdevBadgeReader(BadgeReader):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(name, on_read, on_reject=on_reject)
-        _import_evdev()
+        require_evdev()
         self.decoder = decoder or WedgeDecoder()
         self._reader = ReaderThread(self, EvdevLink(path, self.decoder, self._handle, clock=clock), backoff)
         self._reader.start()

@@ -460,19 +460,16 @@ class PrinterStatus:
     @property
     def problems(self) -> tuple[str, ...]:
         """Reasons the printer cannot print now, most specific first; empty when ready."""
-        found = [
-            reason
-            for flag, reason in (
-                (self.paper_out or self.paper_end_stop, "paper out"),
-                (self.cover_open, "cover open"),
-                (self.cutter_error, "cutter error"),
-                (self.unrecoverable_error, "unrecoverable printer error"),
-                (self.auto_recoverable_error, "printer error (head overheated?)"),
-                (self.error and not (self.cutter_error or self.unrecoverable_error
-                                     or self.auto_recoverable_error), "printer error"),  # fmt: skip
-            )
-            if flag
-        ]
+        known_error = self.cutter_error or self.unrecoverable_error or self.auto_recoverable_error
+        checks = (
+            (self.paper_out or self.paper_end_stop, "paper out"),
+            (self.cover_open, "cover open"),
+            (self.cutter_error, "cutter error"),
+            (self.unrecoverable_error, "unrecoverable printer error"),
+            (self.auto_recoverable_error, "printer error (head overheated?)"),
+            (self.error and not known_error, "printer error"),
+        )
+        found = [reason for flag, reason in checks if flag]
         if not self.online and not found:
             found.append("printer offline")
         return tuple(found)

@@ -48,7 +48,9 @@ __all__ = [
     "Decoded",
     "EvdevLink",
     "EvdevScanner",
+    "Outcome",
     "ReaderThread",
+    "RejectCallback",
     "Rejected",
     "ScanCallback",
     "Scanner",
@@ -62,6 +64,7 @@ __all__ = [
     "open_scanner",
     "parse_raw",
     "parsing",
+    "require_evdev",
     "split_aim",
 ]
 
@@ -517,7 +520,7 @@ class EvdevLink:
         self._dev: InputDeviceLike | None = None
 
     def open(self) -> None:
-        evdev = _import_evdev()
+        evdev = require_evdev()
         try:
             dev: InputDeviceLike = evdev.InputDevice(self.path)
         except OSError as exc:
@@ -561,7 +564,8 @@ class EvdevLink:
             dev.close()
 
 
-def _import_evdev() -> Any:
+def require_evdev() -> Any:
+    """The evdev module, imported on first use; DeviceMisconfigured when it is missing."""
     try:
         import evdev
     except ImportError as exc:
@@ -653,7 +657,7 @@ class EvdevScanner(Scanner):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(name, on_scan, on_reject=on_reject)
-        _import_evdev()
+        require_evdev()
         self.decoder = decoder or WedgeDecoder()
         self._reader = ReaderThread(self, EvdevLink(path, self.decoder, self._handle, clock=clock), backoff)
         self._reader.start()

@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from appliance.errors import DeviceUnavailable, InputError, PaymentDeclined, TillboxError
 from appliance.tenders import CardResult
@@ -335,6 +335,15 @@ def decode_var_length(data: bytes) -> int:
     return int("".join(str(b & 0x0F) for b in data))
 
 
+def encode_tlv_length(size: int) -> bytes:
+    """BER length: one byte below 128, else 81 xx or 82 xx xx."""
+    if size < 0x80:
+        return bytes([size])
+    if size < 0x100:
+        return bytes([0x81, size])
+    return b"\x82" + size.to_bytes(2, "big")
+
+
 def tlv_length(data: bytes, pos: int) -> tuple[int, int]:
     """BER length at ``pos``: (length, bytes used)."""
     if pos >= len(data):
@@ -359,9 +368,7 @@ def bmp(tag: int, payload: bytes) -> bytes:
     if tag in BMP_LLLVAR:
         return bytes([tag]) + encode_var_length(len(payload), 3) + payload
     if tag == BMP_TLV:
-        size = len(payload)
-        length = bytes([size]) if size < 0x80 else b"\x81" + bytes([size]) if size < 0x100 else b"\x82" + size.to_bytes(2, "big")
-        return bytes([tag]) + length + payload
+        return bytes([tag]) + encode_tlv_length(len(payload)) + payload
     raise ZvtError(f"unknown BMP {tag:02X}")
 
 
@@ -577,7 +584,19 @@ def abort(result_code: int) -> Apdu:
     return Apdu(0x06, 0x1E, bytes([result_code]))
 
 
-# -- serial deframing --------------------------------------------------------------------------
+# -- serial deframing ------------------------------------------------------------------------
+
+
+@dataclass
+class LinkStats:
+    """Counters of line trouble, for health and tests."""
+
+    frames_sent: int = 0
+    retransmissions: int = 0
+    naks_received: int = 0
+    naks_sent: int = 0
+    bad_frames: int = 0
+    garbage_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -607,63 +626,76 @@ class Deframer:
     A frame that is damaged (bad CRC, bad escape, too long) yields :class:`FrameBad`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stats: LinkStats | None = None) -> None:
         self._buf = bytearray()
-        self.garbage = 0
+        self.stats = stats if stats is not None else LinkStats()
 
     def feed(self, data: bytes) -> None:
         self._buf += data
 
     def pending(self) -> bool:
-        """True while an unfinished frame (or unread bytes) sits in the buffer."""
+        """True while unread bytes (maybe an unfinished frame) sit in the buffer."""
         return bool(self._buf)
 
-    def clear(self) -> None:
-        self._buf.clear()
-
     def in_frame(self) -> bool:
+        """True if the buffer starts with DLE STX: a frame is arriving."""
         return self._buf[:2] == bytes([DLE, STX])
 
-    def next_event(self) -> FrameEvent | None:
-        """The next complete event, or None if more bytes are needed."""
+    def discard(self) -> None:
+        """Drop everything buffered (an unfinished frame after the inter-byte timeout, or a flush)."""
+        self.stats.garbage_bytes += len(self._buf)
+        self._buf.clear()
+
+    def skip_to_frame(self) -> Control | None:
+        """Consume garbage up to the next ACK/NAK (returned) or frame start (left in place)."""
         buf = self._buf
         while buf:
             if buf[0] in (ACK, NAK):
-                byte = buf[0]
-                del buf[0]
+                byte = buf.pop(0)
                 return Control(byte)
             if buf[0] != DLE:
                 del buf[0]
-                self.garbage += 1
+                self.stats.garbage_bytes += 1
                 continue
-            if len(buf) < 2:
+            if len(buf) < 2 or buf[1] == STX:
                 return None
             if buf[1] in (ACK, NAK):
                 byte = buf[1]
                 del buf[:2]
                 return Control(byte)
-            if buf[1] != STX:
-                del buf[0]
-                self.garbage += 1
-                continue
-            return self._frame()
+            del buf[0]
+            self.stats.garbage_bytes += 1
         return None
+
+    def next_event(self) -> FrameEvent | None:
+        """The next complete event, or None if more bytes are needed."""
+        control = self.skip_to_frame()
+        if control is not None:
+            return control
+        if not self.in_frame():
+            return None
+        return self._frame()
 
     def _frame(self) -> FrameEvent | None:
         buf = self._buf
         apdu = bytearray()
         i = 2
         while i < len(buf):
+            if len(apdu) > MAX_APDU_DATA + 5:
+                del buf[:i]
+                return FrameBad("frame too long")
             byte = buf[i]
             if byte != DLE:
                 apdu.append(byte)
                 i += 1
-            elif i + 1 >= len(buf):
+                continue
+            if i + 1 >= len(buf):
                 return None
-            elif buf[i + 1] == DLE:
+            follower = buf[i + 1]
+            if follower == DLE:
                 apdu.append(DLE)
                 i += 2
-            elif buf[i + 1] == ETX:
+            elif follower == ETX:
                 if i + 4 > len(buf):
                     return None
                 received = int.from_bytes(buf[i + 2 : i + 4], "little")
@@ -671,35 +703,16 @@ class Deframer:
                 if received != crc16(apdu + bytes([ETX])):
                     return FrameBad("CRC mismatch")
                 return FrameOk(bytes(apdu))
-            elif buf[i + 1] == STX:  # a new frame starts inside this one: drop the broken part
+            elif follower == STX:  # a new frame starts inside this one: drop the broken part
                 del buf[:i]
                 return FrameBad("frame interrupted by a new frame")
             else:
                 del buf[: i + 2]
-                return FrameBad(f"invalid byte {buf[i + 1] if i + 1 < len(buf) else 0:02X} after DLE")
-            if len(apdu) > MAX_APDU_DATA + 5:
-                del buf[:i]
-                return FrameBad("frame too long")
+                return FrameBad(f"invalid byte {follower:02X} after DLE")
         return None
-
-    def drop_partial(self) -> None:
-        """Discard an unfinished frame (after the inter-byte timeout)."""
-        self._buf.clear()
 
 
 # -- links -------------------------------------------------------------------------------------
-
-
-@dataclass
-class LinkStats:
-    """Counters of line trouble, for health and tests."""
-
-    frames_sent: int = 0
-    retransmissions: int = 0
-    naks_received: int = 0
-    naks_sent: int = 0
-    bad_frames: int = 0
-    garbage_bytes: int = 0
 
 
 class Link(Protocol):
@@ -730,13 +743,13 @@ class SerialLink:
     """ZVT serial transport protocol: framing, CRC, ACK/NAK and repetition."""
 
     def __init__(self, transport: Transport, *, ack_timeout: float = T3, byte_timeout: float = BYTE_TIMEOUT,
-                 max_repeats: int = MAX_REPEATS) -> None:  # fmt: skip
+                 max_repeats: int = MAX_REPEATS, stats: LinkStats | None = None) -> None:  # fmt: skip
         self.transport = transport
         self.ack_timeout = ack_timeout
         self.byte_timeout = byte_timeout
         self.max_repeats = max_repeats
-        self.stats = LinkStats()
-        self._rx = Deframer()
+        self.stats = stats if stats is not None else LinkStats()
+        self._rx = Deframer(self.stats)
         self._last_byte = time.monotonic()
 
     def _pull(self, timeout: float) -> bool:
@@ -745,9 +758,6 @@ class SerialLink:
             self._rx.feed(data)
             self._last_byte = time.monotonic()
         return bool(data)
-
-    def _sync_garbage(self) -> None:
-        self.stats.garbage_bytes = self._rx.garbage
 
     def send(self, apdu: bytes) -> None:
         """Send one frame and wait for ACK; repeat after NAK or silence, at most ``max_repeats`` times."""
@@ -758,25 +768,25 @@ class SerialLink:
             self.transport.write(data)
             self.stats.frames_sent += 1
             reply = self._await_ack()
-            if reply is True:
+            if reply:
                 return
             if reply is False:
                 self.stats.naks_received += 1
-        raise ZvtLinkError(f"terminal did not acknowledge a frame after {self.max_repeats + 1} attempts")
+        raise ZvtLinkError(f"no ACK for a frame after {self.max_repeats + 1} attempts")
 
     def _await_ack(self) -> bool | None:
-        """True on ACK (or when the peer already answers with a frame), False on NAK, None on silence."""
+        """True on ACK, False on NAK, None on silence.
+
+        A frame from the peer counts as ACK: the line is half-duplex, so the peer
+        only starts sending once it has taken our frame. The frame stays buffered.
+        """
         deadline = time.monotonic() + self.ack_timeout
         while True:
+            control = self._rx.skip_to_frame()
+            if control is not None:
+                return control.byte == ACK
             if self._rx.in_frame():
-                # The peer is half-duplex: it only starts a frame after it took ours.
                 return True
-            event = self._rx.next_event() if not self._rx.in_frame() else None
-            self._sync_garbage()
-            if isinstance(event, Control):
-                return event.byte == ACK
-            if self._rx.in_frame():
-                continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
@@ -787,38 +797,31 @@ class SerialLink:
         bad = 0
         while True:
             event = self._rx.next_event()
-            self._sync_garbage()
             if isinstance(event, FrameOk):
                 self.transport.write(bytes([ACK]))
                 return event.apdu
+            if isinstance(event, Control):
+                continue  # a stray ACK/NAK means nothing here
+            now = time.monotonic()
+            if event is None and self._rx.in_frame() and now - self._last_byte > self.byte_timeout:
+                self._rx.discard()
+                event = FrameBad("incomplete frame")
             if isinstance(event, FrameBad):
                 bad += 1
                 self._refuse(event.reason)
                 if bad > self.max_repeats:
                     raise ZvtFrameError(f"{bad} damaged frames in a row ({event.reason})")
-                deadline = max(deadline, time.monotonic() + self.ack_timeout)
+                deadline = max(deadline, now + self.ack_timeout)  # give the peer time to repeat
                 continue
-            # Control bytes (stray ACK/NAK) are meaningless here and were consumed.
-            if event is not None:
+            if self._rx.in_frame():  # finish the frame that started, whatever the deadline
+                self._pull(max(0.001, self._last_byte + self.byte_timeout - now))
                 continue
-            now = time.monotonic()
-            if self._rx.in_frame() and now - self._last_byte > self.byte_timeout:
-                self._rx.drop_partial()
-                bad += 1
-                self._refuse("incomplete frame")
-                if bad > self.max_repeats:
-                    raise ZvtFrameError(f"{bad} damaged frames in a row (incomplete frame)")
-                deadline = max(deadline, now + self.ack_timeout)
-                continue
-            wait = deadline - now
-            if self._rx.in_frame():
-                wait = max(wait, self._last_byte + self.byte_timeout - now + 0.001)
-            if wait <= 0:
+            if now >= deadline:
                 return None
-            self._pull(min(wait, self.byte_timeout) if self._rx.in_frame() else wait)
+            self._pull(deadline - now)
 
     def _refuse(self, reason: str) -> None:
-        log.debug("damaged frame from peer (%s); sending NAK", reason)
+        log.debug("damaged frame from the peer (%s); sending NAK", reason)
         self.stats.bad_frames += 1
         self.stats.naks_sent += 1
         self.transport.write(bytes([NAK]))
@@ -826,9 +829,7 @@ class SerialLink:
     def flush_input(self) -> None:
         while self._pull(0.0):
             pass
-        if self._rx.pending():
-            self.stats.garbage_bytes += len(self._rx._buf)
-        self._rx.clear()
+        self._rx.discard()
 
     def close(self) -> None:
         self.transport.close()
@@ -837,9 +838,9 @@ class SerialLink:
 class TcpLink:
     """ZVT over TCP: bare APDUs, delimited by their length field."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, *, stats: LinkStats | None = None) -> None:
         self.transport = transport
-        self.stats = LinkStats()
+        self.stats = stats if stats is not None else LinkStats()
         self._rx = bytearray()
 
     def send(self, apdu: bytes) -> None:
@@ -861,8 +862,7 @@ class TcpLink:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            data = _read_some(self.transport, remaining)
-            self._rx += data
+            self._rx += _read_some(self.transport, remaining)
 
     def flush_input(self) -> None:
         while data := self.transport.read(4096, 0.0):
@@ -881,11 +881,13 @@ class Framing(enum.StrEnum):
     TCP = "tcp"
 
 
-def make_link(transport: Transport, framing: Framing, *, ack_timeout: float = T3,
-              byte_timeout: float = BYTE_TIMEOUT, max_repeats: int = MAX_REPEATS) -> Link:  # fmt: skip
+def make_link(transport: Transport, framing: Framing, *, ack_timeout: float = T3, byte_timeout: float = BYTE_TIMEOUT,
+              max_repeats: int = MAX_REPEATS, stats: LinkStats | None = None) -> Link:  # fmt: skip
+    """The link layer for ``framing`` on top of ``transport``."""
     if framing is Framing.SERIAL:
-        return SerialLink(transport, ack_timeout=ack_timeout, byte_timeout=byte_timeout, max_repeats=max_repeats)
-    return TcpLink(transport)
+        return SerialLink(transport, ack_timeout=ack_timeout, byte_timeout=byte_timeout, max_repeats=max_repeats,
+                          stats=stats)  # fmt: skip
+    return TcpLink(transport, stats=stats)
 
 
 # -- the driver --------------------------------------------------------------------------------
@@ -967,7 +969,7 @@ class ZvtTerminal(Device):
         *,
         framing: Framing = Framing.SERIAL,
         name: str = "terminal",
-        password: str = "000000",
+        password: str = "000000",  # noqa: S107 - the terminals' published factory default, not a secret
         currency: str | None = None,
         t3: float = T3,
         t4: float = T4,
@@ -1003,30 +1005,31 @@ class ZvtTerminal(Device):
         self._pending: Pending | None = None
         #: Approvals that turned up for a payment the till had already given up on; reverse them.
         self.unclaimed: list[CardResult] = []
-        #: Line-trouble counters summed over all connections.
+        #: Line-trouble counters over all connections.
         self.stats = LinkStats()
+        self._trouble_seen = 0
 
     # -- construction helpers
 
     @classmethod
-    def serial(cls, port: str, baudrate: int = 9600, **kwargs: object) -> ZvtTerminal:
+    def serial(cls, port: str, baudrate: int = 9600, **kwargs: Any) -> ZvtTerminal:
         """A terminal on a serial port (8 data bits, no parity, 2 stop bits)."""
         from drivers.transport import SerialTransport
 
         def connect() -> Transport:
             return SerialTransport(port, baudrate, stopbits=2)
 
-        return cls(connect, framing=Framing.SERIAL, **kwargs)  # type: ignore[arg-type]
+        return cls(connect, framing=Framing.SERIAL, **kwargs)
 
     @classmethod
-    def tcp(cls, host: str, port: int = DEFAULT_TCP_PORT, **kwargs: object) -> ZvtTerminal:
+    def tcp(cls, host: str, port: int = DEFAULT_TCP_PORT, **kwargs: Any) -> ZvtTerminal:
         """A terminal on the network."""
         from drivers.transport import TcpTransport
 
         def connect() -> Transport:
             return TcpTransport(host, port)
 
-        return cls(connect, framing=Framing.TCP, **kwargs)  # type: ignore[arg-type]
+        return cls(connect, framing=Framing.TCP, **kwargs)
 
     # -- public API
 
@@ -1274,6 +1277,8 @@ class ZvtTerminal(Device):
     def _register(self) -> str:
         cc = _currency_numeric(self.currency) if self.currency else None
         flow = self._run(registration(self._password, self.config_byte, cc), _Progress(), register=False)
+        if flow.end == "abort":
+            raise ZvtRejected(flow.abort_code if flow.abort_code is not None else RC_NOT_POSSIBLE, "registration")
         self._registered = True
         info = flow.completion or TransactionInfo()
         return info.terminal_id
@@ -1283,8 +1288,8 @@ class ZvtTerminal(Device):
     def _ensure_link(self) -> Link:
         if self._link is None:
             transport = self._connect()
-            self._link = make_link(transport, self.framing, ack_timeout=self.t3,
-                                   byte_timeout=self.byte_timeout, max_repeats=self.max_repeats)  # fmt: skip
+            self._link = make_link(transport, self.framing, ack_timeout=self.t3, byte_timeout=self.byte_timeout,
+                                   max_repeats=self.max_repeats, stats=self.stats)  # fmt: skip
             self._registered = False
         return self._link
 
@@ -1292,24 +1297,24 @@ class ZvtTerminal(Device):
         link, self._link = self._link, None
         self._registered = False
         if link is not None:
-            self._add_stats(link.stats)
             try:
                 link.close()
             except OSError as exc:  # pragma: no cover - closing a dead port
                 log.debug("closing the terminal link failed: %s", exc)
 
-    def _add_stats(self, stats: LinkStats) -> None:
-        for name in vars(stats):
-            setattr(self.stats, name, getattr(self.stats, name) + getattr(stats, name))
-
     def _run(self, command: Apdu, progress: _Progress, *, until_end: bool = True, register: bool = True,
              flow: _Flow | None = None) -> _Flow:  # fmt: skip
         """Send ``command`` and follow the terminal until Completion or Abort."""
         link = self._ensure_link()
+        try:
+            link.flush_input()
+        except DeviceUnavailable:  # the idle connection died (a TCP terminal closed it): open a new one
+            self._drop_link()
+            link = self._ensure_link()
         if register and self.auto_register and not self._registered:
             self._register()
+            link.flush_input()
         flow = flow if flow is not None else _Flow()
-        link.flush_input()
         progress.written = True
         link.send(command.encode())
         deadline = time.monotonic() + self.t3
@@ -1356,12 +1361,12 @@ class ZvtTerminal(Device):
             if msg.data:
                 flow.intermediate.append(msg.data[0])
         elif control == STATUS_INFORMATION:
+            info: TransactionInfo | None = None
             try:
                 info = TransactionInfo.parse(msg)
             except ZvtFrameError as exc:
                 log.warning("unreadable status information: %s", exc)
-                flow.uncertain = not stale or flow.uncertain
-                info = None
+                flow.uncertain = True
             if stale:
                 flow.stale_status = info
             else:
@@ -1398,10 +1403,10 @@ class ZvtTerminal(Device):
         return _currency_numeric(code)
 
     def _healthy(self) -> None:
-        link = self._link
-        if link is not None and (link.stats.retransmissions or link.stats.bad_frames):
-            self._add_stats(link.stats)
-            link.stats = LinkStats()
+        """After a finished exchange: OK, or DEGRADED if frames had to be repeated meanwhile."""
+        trouble = self.stats.retransmissions + self.stats.bad_frames
+        if trouble > self._trouble_seen:
+            self._trouble_seen = trouble
             self.set_health(Health.DEGRADED, "line errors; frames had to be repeated")
         elif self._pending is None:
             self.set_health(Health.OK)

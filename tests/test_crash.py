@@ -46,6 +46,7 @@ def test_sigkill_never_loses_or_splits_a_sale(tmp_path: Path) -> None:
     ctx.set_forkserver_preload(["appliance.till", "appliance.config", "appliance.ledger", __name__])
     rng = random.Random(20261126)
     reported: set[str] = set()
+    busy_kills = 0
     for _ in range(KILLS):
         parent, child = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_sell_forever, args=(str(tmp_path), child))
@@ -57,6 +58,7 @@ def test_sigkill_never_loses_or_splits_a_sale(tmp_path: Path) -> None:
             assert parent.poll(30), "child never became ready"
             assert parent.recv() == "ready"
             time.sleep(rng.uniform(0, 0.03))
+        before = len(reported)
         os.kill(proc.pid or 0, signal.SIGKILL)
         proc.join()
         while parent.poll():
@@ -67,7 +69,9 @@ def test_sigkill_never_loses_or_splits_a_sale(tmp_path: Path) -> None:
             if message != "ready":
                 reported.add(message)
         parent.close()
-    assert len(reported) > KILLS  # the kills landed among real work, not only during start-up
+        if len(reported) > before:
+            busy_kills += 1
+    assert busy_kills >= KILLS // 2  # most kills landed among commits, not only during start-up
 
     with open_ledger(config, tmp_path) as led:
         report = verify(led)
