@@ -12,7 +12,7 @@ import csv
 import difflib
 import hashlib
 import json
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -295,3 +295,43 @@ def _write(conn: Any, rows: list[_Row]) -> None:
         "ON CONFLICT(key) DO UPDATE SET sku = excluded.sku, code = excluded.code",
         [(key, r.sku, code) for r in rows for key, code in r.barcodes],
     )
+
+
+CatalogRow = _Row
+
+
+def validate_rows(
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    currency: Currency,
+    tax_classes: Collection[str],
+    layouts: Sequence[VariableMeasureLayout] = DEFAULT_LAYOUTS,
+    max_price: int = 10_000_000,
+) -> list[CatalogRow]:
+    """Validate catalog rows with the import rules (used by MQTT catalog sync).
+
+    All or nothing: raises :class:`InputError` naming the first bad row (0-based).
+    """
+    check = _Validator(currency, tax_classes, layouts, max_price)
+    out: list[CatalogRow] = []
+    seen: set[str] = set()
+    key_owner: dict[str, str] = {}
+    for i, raw in enumerate(rows):
+        try:
+            row = check.row(raw)
+            if row.sku in seen:
+                raise InputError(f"sku {row.sku} appears twice")
+            for key, code in row.barcodes:
+                owner = key_owner.setdefault(key, row.sku)
+                if owner != row.sku:
+                    raise InputError(f"barcode {code} is also given for sku {owner}")
+        except TillboxError as exc:
+            raise InputError(f"row {i}: {exc}") from None
+        seen.add(row.sku)
+        out.append(row)
+    return out
+
+
+def write_rows(conn: Any, rows: Sequence[CatalogRow]) -> None:
+    """Upsert validated rows and their barcodes, inside the caller's transaction."""
+    _write(conn, list(rows))

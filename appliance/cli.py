@@ -22,6 +22,7 @@ from appliance.errors import InputError, TillboxError
 
 if TYPE_CHECKING:
     from appliance.config import Config
+    from appliance.staff import Action, Approval
     from appliance.till import Till
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,44 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     sale.add_argument("--cashier", default="technician", help="who rings the sale (default: %(default)s)")
     sale.add_argument("--json", action="store_true", help="print the sale as JSON instead of a receipt")
+
+    shift = sub.add_parser("shift", help="open a shift, cash in and out").add_subparsers(dest="action", required=True)
+    sopen = shift.add_parser("open", parents=[common], help="open a shift with a counted float")
+    sopen.add_argument("--float", required=True, dest="float_amount", metavar="AMOUNT", help="e.g. 150.00")
+    sopen.add_argument("--staff", default="console", help="who opens it (default: %(default)s)")
+    cash = shift.add_parser("cash", parents=[common], help="paid-in, paid-out or safe drop")
+    cash.add_argument("kind", choices=["paid_in", "paid_out", "safe_drop"])
+    cash.add_argument("amount")
+    cash.add_argument("--reason", required=True)
+    cash.add_argument("--staff", default="console")
+
+    report = sub.add_parser("report", help="X and Z reports").add_subparsers(dest="action", required=True)
+    for name, text in (("x", "mid-shift report (read-only)"), ("z", "end-of-shift report; closes the shift")):
+        rep = report.add_parser(name, parents=[common], help=text)
+        rep.add_argument("--json", action="store_true")
+        rep.add_argument("--staff", default="console")
+        if name == "z":
+            rep.add_argument("--count", action="append", default=[], metavar="DENOM=N",
+                             help="counted cash by denomination, e.g. --count 20.00=3 (repeat)")  # fmt: skip
+            rep.add_argument("--counted", metavar="AMOUNT", help="counted cash as one total")
+
+    staff = sub.add_parser("staff", help="staff records").add_subparsers(dest="action", required=True)
+    sadd = staff.add_parser("add", parents=[common], help="add a staff member (PIN read from stdin)")
+    sadd.add_argument("id")
+    sadd.add_argument("name")
+    sadd.add_argument("--role", required=True, choices=["cashier", "supervisor", "manager", "technician"])
+    sadd.add_argument("--badge", help="badge token (as the reader sends it)")
+
+    ret = sub.add_parser("return", parents=[common], help="refund lines of a sale (receipted return)")
+    ret.add_argument("--receipt", required=True, help="receipt reference (TB-...), sale id or number")
+    ret.add_argument("--line", action="append", required=True, metavar="N[:QTY]", help="line to return (repeat)")
+    ret.add_argument("--damaged", action="store_true", help="items go to write-off instead of back to stock")
+    ret.add_argument("--staff", default="console")
+    ret.add_argument("--json", action="store_true")
+
+    rpr = sub.add_parser("reprint", parents=[common], help="reprint a receipt, marked COPY")
+    rpr.add_argument("receipt")
+    rpr.add_argument("--staff", default="console")
 
     cfg = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True)
     cfg.add_parser("check", parents=[common], help="validate the config file")
@@ -217,14 +256,126 @@ def cmd_sale(args: argparse.Namespace) -> int:
 
     till = _open(args)
     with till.ledger:
+        till.shifts.require_open()
         payments = _parse_pay(args.pay, till)
         done = scripted_sale(till, args.scan, payments, cashier=args.cashier)
+        receipt = till.receipt(done)
     if args.json:
         print(json.dumps(done.doc, indent=2, sort_keys=True))
     else:
-        store = till.config.store
-        print(render_text(done.doc, till.currency, store_name=store.name, address=store.address,
-                          tax_id=store.tax_id), end="")  # fmt: skip
+        print(render_text(receipt), end="")
+    return 0
+
+
+def _console(action: Action, staff: str, till: Till) -> Approval:
+    """The CLI runs with shell access on the device: it acts with full rights, journaled as ``staff``."""
+    from datetime import timedelta
+
+    from appliance.staff import Approval
+
+    return Approval(action, staff, None, till.clock.now() + timedelta(minutes=1))
+
+
+def cmd_shift_open(args: argparse.Namespace) -> int:
+    from appliance.staff import Action
+
+    till = _open(args)
+    with till.ledger:
+        amount = till.currency.to_minor(args.float_amount)
+        shift = till.shifts.open(amount, _console(Action.OPEN_SHIFT, args.staff, till), till.clock.now())
+    print(f"shift {shift.id} open with a float of {till.currency.plain(shift.float)}")
+    return 0
+
+
+def cmd_shift_cash(args: argparse.Namespace) -> int:
+    from appliance.staff import Action
+
+    till = _open(args)
+    with till.ledger:
+        amount = till.currency.to_minor(args.amount)
+        till.shifts.cash(args.kind, amount, args.reason, _console(Action.CASH_IN_OUT, args.staff, till),
+                         till.clock.now())  # fmt: skip
+    print(f"{args.kind} of {till.currency.plain(amount)} recorded")
+    return 0
+
+
+def _print_report(report: dict[str, object], till: Till, as_json: bool) -> None:
+    from appliance.reports import render_report
+
+    if as_json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(render_report(report, till.currency), end="")
+
+
+def cmd_report_x(args: argparse.Namespace) -> int:
+    till = _open(args)
+    with till.ledger:
+        report = till.shifts.report()
+    _print_report(report, till, args.json)
+    return 0
+
+
+def cmd_report_z(args: argparse.Namespace) -> int:
+    from appliance.shifts import parse_count
+    from appliance.staff import Action
+
+    till = _open(args)
+    with till.ledger:
+        counted: dict[int, int] | int | None = None
+        if args.count:
+            counted = parse_count(till.currency, args.count)
+        elif args.counted is not None:
+            counted = till.currency.to_minor(args.counted)
+        report = till.shifts.close(_console(Action.CLOSE_SHIFT, args.staff, till), till.clock.now(), counted=counted)
+    _print_report(report, till, args.json)
+    return 0
+
+
+def cmd_staff_add(args: argparse.Namespace) -> int:
+    till = _open(args)
+    pin = sys.stdin.readline().strip() or None
+    with till.ledger:
+        member = till.staff.add(args.id, args.name, args.role, pin=pin, badge=args.badge, now=till.clock.now(),
+                                actor="console")  # fmt: skip
+    print(f"added {member.role} {member.id} ({member.name})")
+    return 0
+
+
+def cmd_return(args: argparse.Namespace) -> int:
+    from decimal import Decimal, InvalidOperation
+
+    from appliance.receipt import render_text
+    from appliance.returns import ReturnRequest
+    from appliance.staff import Action
+
+    till = _open(args)
+    requests = []
+    for spec in args.line:
+        no, _, qty = spec.partition(":")
+        try:
+            requests.append(ReturnRequest(qty=Decimal(qty or "1"), line=int(no),
+                                          disposition="damaged" if args.damaged else "restock"))  # fmt: skip
+        except (ValueError, InvalidOperation):
+            raise InputError(f"--line {spec!r} must look like N or N:QTY") from None
+    with till.ledger:
+        original = till.returns.find_sale(args.receipt)
+        plan = till.returns.plan_receipted(original, requests)
+        doc, receipt = till.refund(plan, _console(Action.REFUND, args.staff, till))
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        print(render_text(receipt), end="")
+    return 0
+
+
+def cmd_reprint(args: argparse.Namespace) -> int:
+    from appliance.receipt import render_text
+
+    till = _open(args)
+    with till.ledger:
+        receipt = till.reprint(args.receipt, actor=args.staff)
+    print(render_text(receipt), end="")
     return 0
 
 
@@ -253,6 +404,13 @@ COMMANDS = {
     ("catalog", "lookup"): cmd_catalog_lookup,
     ("ledger", "verify"): cmd_ledger_verify,
     ("sale", None): cmd_sale,
+    ("shift", "open"): cmd_shift_open,
+    ("shift", "cash"): cmd_shift_cash,
+    ("report", "x"): cmd_report_x,
+    ("report", "z"): cmd_report_z,
+    ("staff", "add"): cmd_staff_add,
+    ("return", None): cmd_return,
+    ("reprint", None): cmd_reprint,
     ("config", "check"): cmd_config_check,
     ("config", "reference"): cmd_config_reference,
     ("demo", None): cmd_demo,

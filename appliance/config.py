@@ -58,6 +58,7 @@ ENV_DEVICES: Final = "TILLBOX_DEVICES"
 
 Kind = Literal["str", "int", "bool", "decimal", "money", "choice", "list", "table", "map", "array"]
 RoundingMode = Literal["half_up", "half_even"]
+RefundTarget = Literal["original", "cash", "store_credit"]
 TaxRounding = Literal["line", "invoice"]
 ExemptionMode = Literal["below", "excess"]
 LayoutKind = Literal["price", "weight"]
@@ -559,10 +560,38 @@ class SyncSection(Table):
         default_doc='`""` (derived: `tillbox-<store.id>-<store.device_id>`)',
     )
     keepalive: int = integer("MQTT keepalive interval, in seconds.", 60, lo=5, hi=1200)
+    username: str = text("MQTT user name; empty connects without one.", "", pattern=r"[^\s]{0,128}",
+                         allowed="up to 128 characters without spaces")
+    password_file: str = text("File holding the MQTT password (first line); empty for none.", "")
+    tls_ca_file: str = text("CA bundle for mqtts:// brokers; empty uses the system CAs.", "")
+    tls_cert_file: str = text("Client certificate (PEM) for mqtts:// brokers; empty for none.", "")
+    tls_key_file: str = text("Private key (PEM) of the client certificate.", "")
+    reconnect_max_delay: int = integer(
+        "Cap of the reconnect back-off, in seconds (it starts at 1 s and doubles).", 60, lo=1, hi=3600
+    )
+    inflight_window: int = integer("Events published but not yet acknowledged by the broker.", 100, lo=1,
+                                   hi=10000)
+    ack_timeout: int = integer(
+        "Seconds without an end-to-end ack from the shop before unacknowledged events are sent again.",
+        60, lo=5, hi=86400,
+    )
+    backlog_alert_minutes: int = integer(
+        "Raise an alert when the oldest unacknowledged event is older than this.", 15, lo=1, hi=10080
+    )
+    max_inbound_bytes: int = integer("Largest inbound message accepted, in bytes.", 8_388_608, lo=1024,
+                                     hi=268_435_456)
+    session_expiry_hours: int = integer(
+        "How long the broker keeps this till's session (and queued commands) while it is offline.", 24,
+        lo=0, hi=8760,
+    )
+    reconcile_minutes: int = integer("Interval of the stock and sequence reconciliation with the shop.", 60,
+                                     lo=1, hi=10080)
 
     def _check(self, given: frozenset[str]) -> Iterator[tuple[str, str]]:
         if self.enabled and not self.brokers:
             yield "brokers", "at least one broker is needed when enabled = true"
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            yield "tls_key_file", "tls_cert_file and tls_key_file must be given together"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -594,6 +623,45 @@ class UiSection(Table):
 
 
 @dataclass(frozen=True, kw_only=True)
+class StaffSection(Table):
+    """[staff]: logins, lockout and approvals."""
+
+    free_attempts: int = integer("Wrong PINs allowed before a lockout starts.", 3, lo=1, hi=10)
+    first_lock_seconds: int = integer(
+        "First lockout after too many wrong PINs, in seconds; each further failure doubles it.", 30, lo=1, hi=3600
+    )
+    max_lock_minutes: int = integer("Longest lockout, in minutes.", 15, lo=1, hi=1440)
+    approval_seconds: int = integer("How long a supervisor's approval stays valid, in seconds.", 60, lo=5, hi=600)
+    session_minutes: int = integer("Idle minutes before a staff session on the UI ends.", 15, lo=1, hi=720)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReturnsSection(Table):
+    """[returns]: refunds, returns and exchanges."""
+
+    refund_to: RefundTarget = choice(
+        "Where refunds go: original tenders where possible (cards back to the card, rest cash), cash, or "
+        "store credit.",
+        "original",
+        get_args(RefundTarget),
+    )
+    max_days: int = integer("Days after a sale within which a receipted return is accepted.", 30, lo=0, hi=3650)
+    no_receipt_limit: int = money("Largest refund of a return without a receipt.", "50.00", lo=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReceiptSection(Table):
+    """[receipt]: what receipts show beyond the sale."""
+
+    footer: tuple[str, ...] = text_list("Lines printed at the bottom of every receipt.", ("Thank you!",))
+    url_template: str = text(
+        "Digital receipt link shown as a QR code; {store}, {device}, {id}, {number}, {reference} are "
+        "filled in. Empty for none.",
+        "",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config(Table):
     """The whole validated configuration. Build it with :func:`parse_config` or :func:`load_config`."""
 
@@ -606,6 +674,9 @@ class Config(Table):
     tax: TaxSection = section(TaxSection, "Tax rates, tax classes and how tax is computed.")
     barcodes: BarcodesSection = section(BarcodesSection, "Barcode interpretation.")
     sale: SaleSection = section(SaleSection, "Plausibility limits for sales.")
+    staff: StaffSection = section(StaffSection, "Staff logins, lockout and approvals.")
+    returns: ReturnsSection = section(ReturnsSection, "Returns, refunds and exchanges.")
+    receipt: ReceiptSection = section(ReceiptSection, "Receipt footer and digital receipts.")
     ledger: LedgerSection = section(LedgerSection, "The local SQLite ledger.")
     devices: DevicesSection = section(DevicesSection, "Peripheral devices.")
     sync: SyncSection = section(SyncSection, "Synchronisation with the store server over MQTT.")

@@ -80,6 +80,14 @@ def run_console(till: Till, inp: TextIO, out: TextIO, *, cashier: str = "demo") 
     """Read commands until ``quit`` or end of input; returns how many sales were completed."""
     from appliance.ledger import verify
 
+    if till.shifts.current() is None:
+        from datetime import timedelta
+
+        from appliance.staff import Action, Approval
+
+        now = till.clock.now()
+        till.shifts.open(10_000, Approval(Action.OPEN_SHIFT, cashier, None, now + timedelta(minutes=1)), now)
+        print(f"shift opened with a float of {till.currency.plain(10_000)}", file=out)
     sale = till.new_sale(cashier)
     done = 0
     interactive = inp.isatty()
@@ -120,9 +128,7 @@ def run_console(till: Till, inp: TextIO, out: TextIO, *, cashier: str = "demo") 
                     till.pay_card(sale, amount)
                 if sale.totals().due <= 0:
                     result = till.complete(sale)
-                    store = till.config.store
-                    print(render_text(result.doc, till.currency, store_name=store.name, address=store.address,
-                                      tax_id=store.tax_id), file=out)  # fmt: skip
+                    print(render_text(till.receipt(result)), file=out)
                     done += 1
                     sale = till.new_sale(cashier)
                     continue

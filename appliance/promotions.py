@@ -5,53 +5,61 @@ Called on every cart change, so it does no I/O and keeps no state.
 Promotion kinds
 ---------------
 * :class:`PercentOff` / :class:`AmountOff` - per-unit discounts ("unit offers") on a
-  :class:`Target` (SKU set and/or departments). Weighed lines take them per kg.
-* :class:`MultiBuy` - "3 for 2" (``buy``/``pay``) or "2 for 5.00" (``buy``/``price``).
-  In each group the cheapest ``buy - pay`` units are free.
+  :class:`Target` (SKU set and/or departments); weighed lines take them per kg.
+* :class:`MultiBuy` - "3 for 2" (``buy``/``pay``: the cheapest ``buy - pay`` units of
+  each group are free) or "2 for 5.00" (``buy``/``price``, only where it saves).
+  The saving is allocated over the whole group.
 * :class:`BuyXGetY` - buy ``buy`` units of ``buy_target``, get ``get`` units of
-  ``get_target`` at ``percent`` off. When both targets are equal, the discounted units
-  are the cheapest of each deal (equal-or-lesser value); with different targets the
-  most expensive get-eligible units are discounted.
-* :class:`SpendThreshold` - amount or percent off the (target part of the) cart once
-  its eligible subtotal, after item-level promotions, reaches ``threshold``.
+  ``get_target`` at ``percent`` off. With equal targets the discounted units are the
+  cheapest of each deal (equal or lesser value); with different targets, the dearest
+  get units. The saving is allocated to the discounted units.
+* :class:`SpendThreshold` - amount or percent off the (targeted) lines once their
+  subtotal after item-level promotions reaches ``threshold``.
 
-Every kind may carry a :class:`Window` and a coupon code (matched case-insensitively).
-Weighed lines never count as units for multi-buy or buy-X-get-Y. Ineligible lines and
-lines with a non-positive amount or quantity (returns) take no promotion at all.
+Any kind may carry a :class:`Window` and a coupon code (matched case-insensitively).
+Weighed lines never count as units for multi-buy or buy-X-get-Y. Ineligible lines
+(e.g. price overrides) and lines with a non-positive amount, price or quantity take no
+promotion and do not count towards thresholds.
 
 Resolution algorithm
 --------------------
-1. Active promotions are filtered by window (store-local time) and coupon. Lines are
-   processed sorted by key and promotions by id, so input order never matters.
-2. *Unit offers*: every promotable line gets its best per-unit offer ``v`` (largest
-   per-unit saving, ties to the smallest id). Per-unit offers never interact, so any
-   unit not taken by a deal promotion simply takes its best offer. O(P*L).
-3. *Deal promotions* (multi-buy, BXGY) are split into competing groups: connected
-   components of promotions sharing a line (union-find, O(P*L)).
-4. Per component, each promotion generates its deals greedily from the units still
-   available (price descending; among equal prices, units with a smaller opportunity
-   cost ``v`` and fewer competing promotions first). A depth-first search, memoised
-   on (promotion, remaining units), tries every number of deals 0..max for every
-   promotion, in order of standalone net gain, scoring a leaf as deal savings plus
-   ``v`` for every unit left. It is exhaustive over those choices as long as it stays
-   within :data:`SEARCH_NODE_LIMIT` nodes (components of a few promotions over
-   ordinary quantities). Beyond that, a greedy fallback gives each promotion in the
-   same order the deal count with the largest net gain over the unit offers.
-   Each node costs O(L_c + D) (lines in the component + deals), so a component costs
-   at most O(SEARCH_NODE_LIMIT * (L_c + D)); single-promotion components are solved
-   exactly in one pass. Equal totals keep the first choice found (more deals for the
-   earlier promotion), which is deterministic.
-5. Savings are compared exactly (``Decimal``) and rounded half-up once per promotion.
-6. Cart level: among active :class:`SpendThreshold` promotions, the single one giving
-   the largest saving on the amounts remaining after item-level discounts applies
-   (ties to the smallest id). Thresholds do not stack, so tiers can be expressed as
-   separate promotions.
-7. Each promotion's saving is allocated to lines with :func:`allocate` (proportional
-   to the discounted amounts, largest remainder, ties by line key). A unit is consumed
-   by at most one item-level promotion and no allocation exceeds the amount it is
-   proportional to, so a line never goes negative.
+L lines, P active promotions; lines are sorted by key and promotions by id first, so
+input order never matters, and no result depends on set or dict ordering.
 
-A 50-line cart with ~20 active promotions evaluates in a few hundred microseconds.
+1. *Unit offers*: each line gets its best per-unit offer ``v`` (largest exact saving,
+   ties to the smallest id). Unit offers never interact, so every unit that no deal
+   takes simply takes ``v``. O(P*L).
+2. *Deal promotions* (multi-buy, BXGY) are split into competing groups: connected
+   components of promotions sharing a line (union-find). Each group is solved alone.
+3. In a group, a promotion's *generator* cuts deals greedily from the units left, in a
+   fixed unit order: dearest first; also, when they differ, smallest ``v`` first (if
+   unit offers compete) and least contested / cheapest first (if deal promotions
+   compete). A deal's net gain is its saving minus the ``v`` of the units it takes.
+   Promotions are ordered by standalone net gain (ties by id); a depth-first search,
+   memoised on (position, units left on the lines later promotions can touch), picks
+   for each in turn a generator and a deal count 0..max, maximising total net gain.
+   Equal totals keep the first choice found (first generator, more deals), so the
+   outcome is deterministic.
+   Cost control: with T = prod(generators * (deals + 1)) over the group, the search
+   covers every generator when T <= :data:`SEARCH_LIMIT`; otherwise only the
+   dearest-first one, and it is abandoned after SEARCH_LIMIT expanded positions for a
+   greedy pass (each promotion in order takes its best deal count). A generator call
+   is O(L_g + D) (lines in the group, deals), so a group costs at most about
+   O(SEARCH_LIMIT * generators * (L_g + D)).
+   The result is optimal for identical units (one SKU at one price) within the limit;
+   otherwise it is a deterministic heuristic which, with deal promotions only, never
+   does worse than the best single promotion.
+4. Savings are compared exactly (``int``/``Decimal``) and rounded half-up once per
+   promotion.
+5. Cart level: among active :class:`SpendThreshold` promotions the single one saving
+   most on the amounts left after item-level discounts applies (ties to the smallest
+   id); thresholds do not stack, so tiers are simply separate promotions.
+6. Each saving is allocated to lines with :func:`allocate` (proportional, largest
+   remainder, ties by line key). A unit feeds at most one item-level promotion and no
+   share exceeds the amount it is proportional to, so no line goes negative.
+
+Total cost is O(P*L + L log L) plus the groups; a 50-line cart with ~20 promotions
+takes a few hundred microseconds on a desktop CPU.
 """
 
 from __future__ import annotations
@@ -67,9 +75,9 @@ from typing import Any, TypeAlias
 from appliance.errors import InputError
 from appliance.money import Currency, round_minor
 
-#: Largest search tree (product over a competing group's promotions of their
-#: possible deal counts + 1) searched exhaustively; bigger groups go greedy.
-SEARCH_LIMIT = 64
+#: Search size bound per competing group: largest tree searched over every unit order,
+#: and most positions a deal-count-only search may expand before going greedy.
+SEARCH_LIMIT = 32
 
 WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HUNDRED = Decimal(100)
@@ -507,7 +515,7 @@ class _Component:
                     order = sorted(buy_l, key=key)
                     if order not in orders:
                         orders.append(order)
-                self.gens.append([self._grouped(promo, order) for order in orders])
+                self.gens.append([self._grouped(promo, order, order is orders[0]) for order in orders])
                 continue
             assert isinstance(promo, BuyXGetY)
             buy_set, get_set = set(buy_l), set(get_l)
@@ -539,7 +547,7 @@ class _Component:
             cost += value[n] * c
         return cost
 
-    def _grouped(self, promo: MultiBuy | BuyXGetY, order: list[int]) -> _Gen:
+    def _grouped(self, promo: MultiBuy | BuyXGetY, order: list[int], dearest_first: bool) -> _Gen:
         """Deals made of consecutive groups of the units available, in ``order``.
 
         Multi-buy: ``buy`` units, the cheapest ``buy - pay`` free or the group at ``price``;
@@ -556,7 +564,9 @@ class _Component:
             size, tail, bundle = promo.buy + promo.get, promo.get, 0
             rate = None if promo.percent == _HUNDRED else promo.percent / _HUNDRED
 
-        def cheapest_last_first(units: _Units) -> list[tuple[int, int]]:
+        def cheapest_last_first(units: _Units) -> Sequence[tuple[int, int]]:
+            if dearest_first:  # groups already run price-descending
+                return units[::-1]
             ranked = sorted(range(len(units)), key=lambda j: (price[units[j][0]], -j))
             return [units[j] for j in ranked]
 
@@ -691,15 +701,24 @@ class _Component:
         first = [gens[0](self.state) for gens in self.gens]
         gain = [self._net(deals)[1] for deals in first]
         order = sorted(range(len(self.promos)), key=lambda i: (-gain[i], self.promos[i].id))
-        full = counts = 1
-        for i in order:
-            counts *= len(first[i]) + 1
-            full *= len(self.gens[i]) * (len(first[i]) + 1)
-        if full <= SEARCH_LIMIT:
-            plan = self._search(order, [self.gens[i] for i in order])
-        elif counts <= SEARCH_LIMIT:
-            plan = self._search(order, [self.gens[i][:1] for i in order])
-        else:
+        seen: set[int] = set()
+        visible: list[tuple[int, ...]] = []  # lines the promotions from position k on can touch
+        for i in reversed(order):
+            seen.update(self.reach[i])
+            visible.append(tuple(sorted(seen)))
+        visible.reverse()
+        full = [self.gens[i] for i in order]
+        dearest = [self.gens[i][:1] for i in order]
+        sizes = [len(first[i]) for i in order]
+        plan: tuple[tuple[list[_Deal], int], ...] | None = None
+        for variants in (full, dearest):
+            if self._cost_bound(variants, sizes, visible) <= SEARCH_LIMIT:
+                try:
+                    plan = self._search(variants, visible)
+                except _SearchLimitError:
+                    plan = None
+                break
+        if plan is None:
             plan = self._greedy(order, first)
         return [(self.promos[i], deals[:take]) for i, (deals, take) in zip(order, plan, strict=True)]
 
@@ -716,22 +735,43 @@ class _Component:
             plan.append((deals, take))
         return tuple(plan)
 
-    def _search(self, order: list[int], variants: list[list[_Gen]]) -> tuple[tuple[list[_Deal], int], ...]:
-        """Exhaustive search over generators and deal counts, memoised on (position, visible units)."""
-        last = len(order) - 1
-        seen: set[int] = set()
-        visible: list[tuple[int, ...]] = []  # lines the promotions from position k on can touch
-        for i in reversed(order):
-            seen.update(self.reach[i])
-            visible.append(tuple(sorted(seen)))
-        visible.reverse()
+    def _cost_bound(self, variants: list[list[_Gen]], deals: list[int], visible: list[tuple[int, ...]]) -> int:
+        """Estimated generator calls of :meth:`_search`: per position, the distinct states
+        it can see (bounded by the choices made before it) times its generators."""
+        cost, paths = 0, 1
+        for k, gens in enumerate(variants):
+            space = 1
+            for n in visible[k]:
+                space *= self.state[n] + 1
+                if space > SEARCH_LIMIT:
+                    break
+            cost += min(paths, space) * len(gens)
+            if cost > SEARCH_LIMIT:
+                break
+            paths *= len(gens) * (deals[k] + 1)
+        return cost
+
+    def _search(
+        self, variants: list[list[_Gen]], visible: list[tuple[int, ...]]
+    ) -> tuple[tuple[list[_Deal], int], ...]:
+        """Exhaustive search over generators and deal counts, memoised on (position, visible units).
+
+        Gives up with :class:`_SearchLimitError` after ``4 * SEARCH_LIMIT`` generator calls,
+        should the estimate that admitted it be off.
+        """
+        last = len(variants) - 1
         memo: dict[tuple[int, tuple[int, ...]], _Plan] = {}
+        budget = 4 * SEARCH_LIMIT
 
         def best(k: int, state: tuple[int, ...]) -> _Plan:
             key = (k, tuple([state[n] for n in visible[k]]))
             hit = memo.get(key)
             if hit is not None:
                 return hit
+            nonlocal budget
+            budget -= len(variants[k])
+            if budget < 0:
+                raise _SearchLimitError
             if k == last:
                 deals, take, net, _ = self._best_variant(variants[k], state)
                 result: _Plan = (net, ((deals, take),))
@@ -753,6 +793,10 @@ class _Component:
             return result
 
         return best(0, self.state)[1]
+
+
+class _SearchLimitError(Exception):
+    """Internal: a search ran out of budget; the caller falls back to greedy."""
 
 
 def _find(parent: list[int], i: int) -> int:
@@ -861,12 +905,31 @@ def evaluate(lines: Sequence[PromoLine], promotions: Sequence[Promotion], ctx: P
         else:
             thresholds.append(p)
 
-    # Competing groups of deal promotions (union-find over shared lines).
+    # Counted lines with the same SKU, department and price hold identical units: one class.
+    class_ids: dict[tuple[str, str, int], int] = {}
+    members: list[list[int]] = []
+    line_class = [-1] * size
+    for i in cart.promotable:
+        if not cart.weighed[i]:
+            ln = ordered[i]
+            c = class_ids.setdefault((ln.sku, ln.department, price[i]), len(members))
+            if c == len(members):
+                members.append([])
+            members[c].append(i)
+            line_class[i] = c
+    c_price = [price[m[0]] for m in members]
+    c_count = [sum(count[i] for i in m) for m in members]
+    c_value = [value[m[0]] for m in members]
+    deal_classes = [
+        (sorted({line_class[i] for i in buy}), sorted({line_class[i] for i in get})) for buy, get in deal_lines
+    ]
+
+    # Competing groups of deal promotions (union-find over shared classes).
     parent = list(range(len(deal_promos)))
     first_owner: dict[int, int] = {}
-    for k, (buy, get) in enumerate(deal_lines):
-        for i in (*buy, *get):
-            owner = first_owner.setdefault(i, k)
+    for k, (buy, get) in enumerate(deal_classes):
+        for c in (*buy, *get):
+            owner = first_owner.setdefault(c, k)
             if owner != k:
                 ra, rb = _find(parent, owner), _find(parent, k)
                 if ra != rb:
@@ -878,33 +941,58 @@ def evaluate(lines: Sequence[PromoLine], promotions: Sequence[Promotion], ctx: P
     accs: dict[str, _Acc] = {}
     by_id: dict[str, Promotion] = {}
     remaining = list(count)
-    for members in groups.values():
-        comp = _Component([deal_promos[k] for k in members], [deal_lines[k] for k in members], price, count, value)
+    cursor = [0] * len(members)  # first member line of each class with units left
+
+    def take(c: int, units: int) -> list[tuple[int, int]]:
+        """Hand out ``units`` of class ``c`` from its lines, in key order."""
+        out: list[tuple[int, int]] = []
+        lines_of = members[c]
+        while units:
+            i = lines_of[cursor[c]]
+            got = min(remaining[i], units)
+            if got:
+                out.append((i, got))
+                remaining[i] -= got
+                units -= got
+            if not remaining[i]:
+                cursor[c] += 1
+        return out
+
+    for group in groups.values():
+        comp = _Component([deal_promos[k] for k in group], [deal_classes[k] for k in group], c_price, c_count, c_value)
         for promo, deals in comp.solve():
             if not deals:
                 continue
-            acc = accs.setdefault(promo.id, _Acc())
+            acc = accs[promo.id] = _Acc()
             by_id[promo.id] = promo
             for saving, _, units, hit in deals:
                 acc.exact += saving
+                taken: dict[int, list[tuple[int, int]]] = {}
                 for n, c in units:
-                    remaining[comp.lines[n]] -= c
-                    acc.lines.add(comp.lines[n])
-                for n, c in hit:
-                    g = comp.lines[n]
-                    acc.weights[g] = acc.weights.get(g, 0) + price[g] * c
+                    got = take(comp.lines[n], c)
+                    taken.setdefault(n, []).extend(got)
+                    acc.lines.update(i for i, _ in got)
+                for n, c in hit:  # discounted units are some of those just taken
+                    for i, got_units in taken[n]:
+                        share = min(got_units, c)
+                        acc.weights[i] = acc.weights.get(i, 0) + price[i] * share
+                        c -= share
+                        if not c:
+                            break
 
     # Units no deal took get their line's best unit offer.
     for i in cart.promotable:
         unit_offer = offer[i]
         if unit_offer is None or not remaining[i]:
             continue
-        acc = accs.setdefault(unit_offer.id, _Acc())
-        by_id[unit_offer.id] = unit_offer
+        found = accs.get(unit_offer.id)
+        if found is None:
+            found = accs[unit_offer.id] = _Acc()
+            by_id[unit_offer.id] = unit_offer
         saving = value[i] * remaining[i]
-        acc.exact += saving
-        acc.weights[i] = price[i] * remaining[i] if isinstance(saving, Decimal) else saving
-        acc.lines.add(i)
+        found.exact += saving
+        found.weights[i] = price[i] * remaining[i] if isinstance(saving, Decimal) else saving
+        found.lines.add(i)
 
     discounts = [0] * size
     reasons: list[list[str]] = [[] for _ in range(size)]
@@ -918,7 +1006,7 @@ def evaluate(lines: Sequence[PromoLine], promotions: Sequence[Promotion], ctx: P
                 touched.add(i)
         for i in touched:
             reasons[i].append(promo.name)
-        allocations = {ordered[i].key: share for i, share in sorted(shares.items()) if share}
+        allocations = {ordered[i].key: share for i, share in shares.items() if share}  # in key order
         applied.append(Applied(promo.id, promo.name, amount, MappingProxyType(allocations)))
 
     for promo_id in sorted(accs):

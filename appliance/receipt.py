@@ -1,11 +1,164 @@
-"""Plain-text receipts (the CLI and the printer simulator's text view)."""
+"""The receipt document model, and its plain-text rendering.
+
+A :class:`Receipt` is built from a committed sale or return document. It carries
+the journal sequence and a short prefix of the entry's hash, so a paper receipt
+cannot silently diverge from the ledger, and the reference printed as a barcode
+or QR code that finds the sale again for a return. The printer driver renders
+the same model to ESC/POS.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from appliance.money import Currency
+from appliance.returns import sale_reference
+
+HASH_PREFIX = 8
+
+
+@dataclass(frozen=True)
+class ReceiptLine:
+    """One printed line with its detail."""
+
+    name: str
+    qty: str
+    unit: str
+    unit_price: int
+    amount: int
+    discount: int = 0
+    reasons: tuple[str, ...] = ()
+    voided: bool = False
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ReceiptTax:
+    name: str
+    percent: str
+    taxable: int
+    tax: int
+
+
+@dataclass(frozen=True)
+class ReceiptTender:
+    label: str
+    amount: int
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Everything a receipt shows, independent of paper width or printer."""
+
+    title: str
+    store_name: str
+    address: tuple[str, ...]
+    tax_id: str
+    currency: Currency
+    number: int
+    reference: str
+    staff: str
+    time: str
+    lines: tuple[ReceiptLine, ...]
+    subtotal: int
+    discount: int
+    net: int
+    tax: int
+    total: int
+    prices_include_tax: bool
+    taxes: tuple[ReceiptTax, ...]
+    tenders: tuple[ReceiptTender, ...]
+    change: int
+    rounding: int
+    journal_seq: int
+    hash_prefix: str
+    copy: int = 0
+    digital_url: str | None = None
+    footer: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """Receipt header and footer, from config."""
+
+    name: str
+    address: Sequence[str] = ()
+    tax_id: str = ""
+    timezone: str = "UTC"
+    url_template: str = ""
+    footer: Sequence[str] = ()
+
+
+def _local(iso: str | None, tz: str) -> str:
+    if not iso:
+        return ""
+    return datetime.fromisoformat(iso).astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M")
+
+
+def _digital_url(template: str, doc: Mapping[str, Any], reference: str) -> str | None:
+    if not template:
+        return None
+    return template.format(store=doc.get("store", ""), device=doc.get("device", ""), id=doc["id"],
+                           number=doc.get("number", ""), reference=reference)  # fmt: skip
+
+
+def sale_receipt(doc: Mapping[str, Any], currency: Currency, store: StoreInfo, *, journal_seq: int,
+                 journal_hash: str, copy: int = 0) -> Receipt:  # fmt: skip
+    """Build the receipt of a committed sale document."""
+    reference = sale_reference(str(doc.get("device", "")), int(doc["number"]))
+    lines = tuple(
+        ReceiptLine(
+            name=ln["name"], qty=ln["qty"], unit=ln["unit"], unit_price=ln["unit_price"], amount=ln["amount"],
+            discount=ln["discount"], reasons=tuple(ln.get("promotions", ())), voided=ln["voided"],
+            note=f"price override: {ln['override']['reason']}" if "override" in ln else "",
+        )
+        for ln in doc["lines"]
+    )  # fmt: skip
+    tenders = tuple(
+        ReceiptTender(t["kind"].replace("_", " ").title(), t.get("tendered") or t["amount"], t.get("reference"))
+        for t in doc["tenders"]
+    )
+    return Receipt(
+        title="RECEIPT",
+        store_name=store.name, address=tuple(store.address), tax_id=store.tax_id, currency=currency,
+        number=int(doc["number"]), reference=reference, staff=str(doc.get("cashier") or ""),
+        time=_local(doc.get("completed_at"), store.timezone), lines=lines, subtotal=doc["subtotal"],
+        discount=doc["discount"], net=doc["net"], tax=doc["tax"], total=doc["total"],
+        prices_include_tax=bool(doc.get("prices_include_tax", True)),
+        taxes=tuple(ReceiptTax(r["name"], r["percent"], r["taxable"], r["tax"]) for r in doc["taxes"]),
+        tenders=tenders, change=doc["change"], rounding=doc.get("rounding", 0), journal_seq=journal_seq,
+        hash_prefix=journal_hash[:HASH_PREFIX], copy=copy,
+        digital_url=_digital_url(store.url_template, doc, reference), footer=tuple(store.footer),
+    )  # fmt: skip
+
+
+def return_receipt(doc: Mapping[str, Any], currency: Currency, store: StoreInfo, *, journal_seq: int,
+                   journal_hash: str, copy: int = 0) -> Receipt:  # fmt: skip
+    """Build the receipt of a committed return (amounts shown as refunds)."""
+    lines = tuple(
+        ReceiptLine(name=ln["name"], qty=ln["qty"], unit=ln["unit"], unit_price=0, amount=-ln["amount"],
+                    note="returned to stock" if ln["disposition"] == "restock" else "damaged")
+        for ln in doc["lines"]
+    )  # fmt: skip
+    tenders = tuple(ReceiptTender(f"Refund {t['kind']}", -t["amount"], t.get("reference")) for t in doc["refunds"])
+    tenders += tuple(ReceiptTender(t["kind"].title(), t["amount"], t.get("reference")) for t in doc["tenders"])
+    original = doc.get("original_number")
+    device = str(doc.get("original_device") or "")
+    note = (f"Return of receipt {sale_reference(device, int(original))}",) if original else ()
+    return Receipt(
+        title="RETURN", store_name=store.name, address=tuple(store.address), tax_id=store.tax_id, currency=currency,
+        number=int(doc["number"]), reference=f"RT-{doc['number']:06d}", staff=str(doc.get("cashier") or ""),
+        time=_local(doc.get("completed_at"), store.timezone), lines=lines, subtotal=-doc["total"], discount=0,
+        net=-doc["net"], tax=-doc["tax"], total=-doc["total"], prices_include_tax=True,
+        taxes=tuple(ReceiptTax(r["name"], r["percent"], -r["taxable"], -r["tax"]) for r in doc["taxes"]),
+        tenders=tenders, change=0, rounding=0, journal_seq=journal_seq, hash_prefix=journal_hash[:HASH_PREFIX],
+        copy=copy, footer=note + tuple(store.footer),
+    )  # fmt: skip
 
 
 def _row(left: str, right: str, width: int) -> str:
@@ -13,64 +166,55 @@ def _row(left: str, right: str, width: int) -> str:
     return f"{left[:space]:<{space}} {right}"
 
 
-def render_text(
-    doc: Mapping[str, Any],
-    currency: Currency,
-    *,
-    store_name: str,
-    address: Sequence[str] = (),
-    tax_id: str = "",
-    width: int = 42,
-) -> str:
-    """Render a committed sale document as a fixed-width text receipt."""
-    money = currency.plain
-    out = [store_name.center(width).rstrip()]
-    out += [a.center(width).rstrip() for a in address]
-    if tax_id:
-        out.append(f"Tax ID {tax_id}".center(width).rstrip())
+def render_text(receipt: Receipt, width: int = 42) -> str:
+    """Render a receipt as fixed-width text (the CLI, the demo, and text printers)."""
+    money = receipt.currency.plain
+    out = [receipt.store_name.center(width).rstrip()]
+    out += [a.center(width).rstrip() for a in receipt.address]
+    if receipt.tax_id:
+        out.append(f"Tax ID {receipt.tax_id}".center(width).rstrip())
+    if receipt.copy:
+        out.append(f"*** COPY {receipt.copy} ***".center(width).rstrip())
+    if receipt.title != "RECEIPT":
+        out.append(receipt.title.center(width).rstrip())
     out.append("-" * width)
-    for ln in doc["lines"]:
-        name = ln["name"] + (" (VOID)" if ln["voided"] else "")
-        qty = ln["qty"]
-        if ln["voided"]:
+    for ln in receipt.lines:
+        name = ln.name + (" (VOID)" if ln.voided else "")
+        if ln.voided:
             out.append(_row(name, money(0), width))
             continue
-        if qty != "1" or ln["unit"] == "kg":
-            unit = "kg" if ln["unit"] == "kg" else "x"
+        if ln.qty != "1" or ln.unit == "kg":
+            unit = "kg" if ln.unit == "kg" else "x"
             out.append(name[:width])
-            out.append(_row(f"  {qty} {unit} @ {money(ln['unit_price'])}", money(ln["amount"]), width))
+            price = f" @ {money(ln.unit_price)}" if ln.unit_price else ""
+            out.append(_row(f"  {ln.qty} {unit}{price}", money(ln.amount), width))
         else:
-            out.append(_row(name, money(ln["amount"]), width))
-        for reason in ln.get("promotions", []):
-            out.append(f"  * {reason}"[:width])
-        if ln["discount"]:
-            out.append(_row("  discount", "-" + money(ln["discount"]), width))
-        if "override" in ln:
-            out.append(f"  price override: {ln['override']['reason']}"[:width])
+            out.append(_row(name, money(ln.amount), width))
+        out.extend(f"  * {reason}"[:width] for reason in ln.reasons)
+        if ln.discount:
+            out.append(_row("  discount", "-" + money(ln.discount), width))
+        if ln.note:
+            out.append(f"  {ln.note}"[:width])
     out.append("-" * width)
-    if doc["discount"]:
-        out.append(_row("Subtotal", money(doc["subtotal"]), width))
-        out.append(_row("Discounts", "-" + money(doc["discount"]), width))
-    if not doc.get("prices_include_tax", True):
-        out.append(_row("Net", money(doc["net"]), width))
-        out.append(_row("Tax", money(doc["tax"]), width))
-    out.append(_row(f"TOTAL {currency.code}", money(doc["total"]), width))
-    if doc.get("rounding"):
-        out.append(_row("Cash rounding", money(doc["rounding"]), width))
-    for t in doc["tenders"]:
-        label = t["kind"].replace("_", " ").title()
-        if t["kind"] == "cash":
-            out.append(_row(label, money(t["tendered"]), width))
-        else:
-            out.append(_row(f"{label} {t.get('reference') or ''}".rstrip(), money(t["amount"]), width))
-    if doc.get("change"):
-        out.append(_row("Change", money(doc["change"]), width))
+    if receipt.discount:
+        out.append(_row("Subtotal", money(receipt.subtotal), width))
+        out.append(_row("Discounts", "-" + money(receipt.discount), width))
+    if not receipt.prices_include_tax:
+        out.append(_row("Net", money(receipt.net), width))
+        out.append(_row("Tax", money(receipt.tax), width))
+    out.append(_row(f"TOTAL {receipt.currency.code}", money(receipt.total), width))
+    if receipt.rounding:
+        out.append(_row("Cash rounding", money(receipt.rounding), width))
+    for t in receipt.tenders:
+        out.append(_row(f"{t.label} {t.reference or ''}".rstrip(), money(t.amount), width))
+    if receipt.change:
+        out.append(_row("Change", money(receipt.change), width))
     out.append("-" * width)
-    for r in doc.get("taxes", []):
-        out.append(_row(f"{r['name']} {r['percent']}% of {money(r['taxable'])}", money(r["tax"]), width))
+    out.extend(_row(f"{r.name} {r.percent}% of {money(r.taxable)}", money(r.tax), width) for r in receipt.taxes)
     out.append("")
-    number = doc.get("number")
-    if number is not None:
-        out.append(f"Receipt {doc.get('device', '')}-{number:06d}")
-    out.append(f"{doc.get('completed_at') or ''}  {doc.get('cashier') or ''}".rstrip())
+    out.append(f"{receipt.title.title()} {receipt.number}  {receipt.time}  {receipt.staff}".rstrip())
+    out.append(f"Ref {receipt.reference}  J{receipt.journal_seq}:{receipt.hash_prefix}")
+    if receipt.digital_url:
+        out.append(receipt.digital_url[:width])
+    out.extend(receipt.footer)
     return "\n".join(out) + "\n"

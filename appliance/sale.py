@@ -124,6 +124,7 @@ class Line:
     net: int = 0
     tax: int = 0
     total: int = 0
+    tax_rates: dict[str, int] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -161,6 +162,9 @@ class Sale:
     policy: SalePolicy
     cashier: str | None = None
     id: str = field(default_factory=uuid7)
+    shift_id: int | None = None
+    customer_id: str | None = None
+    approver: str | None = None
     lines: list[Line] = field(default_factory=list)
     cart_discount: Discount | None = None
     coupons: set[str] = field(default_factory=set)
@@ -373,6 +377,7 @@ class Sale:
         for ln in self.lines:
             lt = taxed.lines.get(ln.key)
             ln.net, ln.tax, ln.total = (lt.net, lt.tax, lt.gross) if lt and not ln.voided else (0, 0, 0)
+            ln.tax_rates = {code: amount for code, amount in lt.by_rate.items() if amount} if lt else {}
         self._tax, self._promo, self._priced_at = taxed, promo, now
 
     @property
@@ -482,6 +487,9 @@ class Sale:
         return {
             "id": self.id,
             "cashier": self.cashier,
+            "approver": self.approver,
+            "shift_id": self.shift_id,
+            "customer_id": self.customer_id,
             "state": self.state,
             "started_at": iso_utc(start) if start else None,
             "completed_at": iso_utc(end) if end else None,
@@ -521,6 +529,7 @@ class Sale:
         return {
             "id": self.id,
             "cashier": self.cashier,
+            "customer_id": self.customer_id,
             "started_at": iso_utc(self.started_at) if self.started_at else None,
             "coupons": sorted(self.coupons),
             "cart_discount": self.cart_discount.to_doc() if self.cart_discount else None,
@@ -530,7 +539,7 @@ class Sale:
     @classmethod
     def resume(cls, state: dict[str, Any], policy: SalePolicy, now: datetime) -> Sale:
         """Rebuild a suspended sale, repriced at ``now`` with the current promotions."""
-        sale = cls(policy=policy, cashier=state.get("cashier"), id=state["id"])
+        sale = cls(policy=policy, cashier=state.get("cashier"), id=state["id"], customer_id=state.get("customer_id"))
         started = state.get("started_at")
         sale.started_at = datetime.fromisoformat(started) if started else None
         sale.coupons = set(state.get("coupons", []))
@@ -587,6 +596,7 @@ def _line_doc(ln: Line) -> dict[str, Any]:
         "promotions": list(ln.promo_reasons),
         "net": ln.net,
         "tax": ln.tax,
+        "tax_rates": dict(sorted(ln.tax_rates.items())),
         "total": ln.total,
         "tax_class": ln.item.tax_class,
         "department": ln.item.department,

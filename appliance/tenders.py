@@ -19,6 +19,7 @@ class TenderKind(StrEnum):
     CARD = "card"
     GIFT_CARD = "gift_card"
     STORE_CREDIT = "store_credit"
+    EXCHANGE = "exchange"
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,10 @@ class PaymentTerminal(Protocol):
 
     def reverse(self, reference: str) -> CardResult:
         """Cancel an approved payment (the sale was abandoned)."""
+        ...
+
+    def refund(self, amount: int, currency: str, reference: str) -> CardResult:
+        """Pay ``amount`` back to the customer's card (a return)."""
         ...
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,14 @@ from appliance.barcode import Scan, parse_scan
 from appliance.catalog import Catalog, Item
 from appliance.clock import Clock, SystemClock, iso_utc
 from appliance.config import Config
+from appliance.customers import Customers
 from appliance.errors import InputError, PaymentDeclined, SaleError, TillboxError
 from appliance.ledger import CommittedSale, Ledger, NewEvent
+from appliance.receipt import Receipt, StoreInfo, return_receipt, sale_receipt
+from appliance.returns import ReturnPlan, Returns, write_return
 from appliance.sale import Sale, SalePolicy, ScanInfo
+from appliance.shifts import Shifts
+from appliance.staff import Action, Approval, LockoutPolicy, StaffStore
 from appliance.tenders import PaymentTerminal, Tender, TenderKind
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,7 @@ class Till:
         *,
         clock: Clock | None = None,
         terminal: PaymentTerminal | None = None,
+        fast_hash: bool = False,
     ) -> None:
         self.config = config
         self.ledger = ledger
@@ -67,6 +74,25 @@ class Till:
         self.layouts = config.barcode_layouts()
         self.tz = ZoneInfo(config.store.timezone)
         self._policy: SalePolicy | None = None
+        st = config.staff
+        self.staff = StaffStore(
+            ledger,
+            policy=LockoutPolicy(
+                free_attempts=st.free_attempts,
+                first_lock=timedelta(seconds=st.first_lock_seconds),
+                max_lock=timedelta(minutes=st.max_lock_minutes),
+                approval_ttl=timedelta(seconds=st.approval_seconds),
+            ),
+            fast_hash=fast_hash,
+        )
+        self.shifts = Shifts(ledger, self.currency)
+        self.customers = Customers(ledger)
+        self.returns = Returns(ledger, self.currency, config.tax_policy(), store_device=config.store.device_id)
+        store = config.store
+        self.store_info = StoreInfo(
+            name=store.name, address=store.address, tax_id=store.tax_id, timezone=store.timezone,
+            url_template=config.receipt.url_template, footer=config.receipt.footer,
+        )  # fmt: skip
 
     def policy(self) -> SalePolicy:
         """The pricing policy; rebuilt after :meth:`reload_promotions`."""
@@ -144,19 +170,107 @@ class Till:
         return sale.pay_electronic(TenderKind.CARD, result.amount, result.reference, detail)
 
     def complete(self, sale: Sale) -> Completed:
-        """Complete and durably commit a sale (one transaction)."""
+        """Complete and durably commit a sale (one transaction); needs an open shift."""
+        shift = self.shifts.require_open()
+        sale.shift_id = shift.id
         doc = sale.complete(self.clock.now())
         committed = self.ledger.commit_sale(doc)
-        doc = {
-            **doc,
-            "number": committed.number,
-            "store": self.ledger.store_id,
-            "device": self.ledger.device_id,
-        }
+        doc = {**doc, "number": committed.number, "store": self.ledger.store_id, "device": self.ledger.device_id}
         log.debug("sale %d committed at journal %d", committed.number, committed.journal.seq)
         return Completed(committed, doc)
 
-    def cancel(self, sale: Sale, *, actor: str | None, reason: str) -> None:
+    def receipt(self, done: Completed, *, copy: int = 0) -> Receipt:
+        """The receipt model of a committed sale."""
+        entry = done.committed.journal
+        return sale_receipt(done.doc, self.currency, self.store_info, journal_seq=entry.seq,
+                            journal_hash=entry.hash, copy=copy)  # fmt: skip
+
+    def reprint(self, reference: str, *, actor: str | None) -> Receipt:
+        """A copy of a sale's receipt, marked COPY and counted in the journal."""
+        doc = self.returns.find_sale(reference)
+        if doc.get("device") != self.ledger.device_id:
+            raise InputError("only receipts of this till can be reprinted here")
+        row = self.ledger.conn.execute("SELECT journal_seq FROM sales WHERE id = ?", (doc["id"],)).fetchone()
+        entry = self.ledger.entry(int(row[0]))
+        assert entry is not None
+        copies = self.ledger.conn.execute(
+            "SELECT count(*) FROM journal WHERE type = 'receipt.reprinted' AND ref_seq = ?", (entry.seq,)
+        ).fetchone()[0]
+        self.ledger.append("receipt.reprinted", {"sale_id": doc["id"], "copy": copies + 1},
+                           time=iso_utc(self.clock.now()), actor=actor, ref_seq=entry.seq)  # fmt: skip
+        return sale_receipt(doc, self.currency, self.store_info, journal_seq=entry.seq, journal_hash=entry.hash,
+                            copy=copies + 1)  # fmt: skip
+
+    def refund(self, plan: ReturnPlan, approval: Approval) -> tuple[dict[str, Any], Receipt]:
+        """Refund a priced return and commit it; receipted returns of another staff need REFUND rights."""
+        now = self.clock.now()
+        approval.check(Action.REFUND if plan.original is not None else Action.RETURN_NO_RECEIPT, now)
+        shift = self.shifts.require_open()
+        self._check_return_window(plan, now)
+        refunds = self.returns.refund_tenders(plan, self.config.returns.refund_to, self.terminal)
+        doc = self.returns.document(plan, refunds, approval, now, shift_id=shift.id)
+        try:
+            with self.ledger.transaction("committing return") as tx:
+                number = write_return(tx, doc)
+        except TillboxError:
+            self._undo_card_refunds(refunds)
+            raise
+        doc["number"] = number
+        entry = self.ledger.entry(self._return_seq(doc["id"]))
+        assert entry is not None
+        return doc, return_receipt(doc, self.currency, self.store_info, journal_seq=entry.seq,
+                                   journal_hash=entry.hash)  # fmt: skip
+
+    def exchange(self, plan: ReturnPlan, sale: Sale, approval: Approval) -> tuple[dict[str, Any], Completed]:
+        """A return and a new sale in one transaction; the return's value pays the new sale first.
+
+        If the new sale costs more, the customer pays the rest with normal tenders before
+        calling this; if it costs less, the difference is refunded.
+        """
+        now = self.clock.now()
+        approval.check(Action.REFUND, now)
+        shift = self.shifts.require_open()
+        self._check_return_window(plan, now)
+        credit = plan.total
+        due = sale.totals().due
+        applied = min(credit, due)
+        if applied > 0:
+            sale.pay_electronic(TenderKind.EXCHANGE, applied, plan.id)
+        if sale.totals().due > 0:
+            raise SaleError(f"{self.currency.plain(sale.totals().due)} still to pay for the exchange")
+        refunds = self.returns.refund_tenders(plan, "cash" if plan.original is None else
+                                              self.config.returns.refund_to, self.terminal,
+                                              amount=credit - applied)  # fmt: skip
+        sale.shift_id = shift.id
+        sale_doc = sale.complete(now)
+        ret = self.returns.document(plan, refunds, approval, now, shift_id=shift.id, exchange_sale_id=sale.id)
+        ret["refunds"].insert(0, {"kind": "exchange", "amount": applied, "reference": sale.id})
+        with self.ledger.transaction("committing exchange") as tx:
+            ret["number"] = write_return(tx, ret)
+            committed = tx.write_sale(sale_doc)
+        doc = {**sale_doc, "number": committed.number, "store": self.ledger.store_id, "device": self.ledger.device_id}
+        return ret, Completed(committed, doc)
+
+    def _check_return_window(self, plan: ReturnPlan, now: datetime) -> None:
+        if plan.original is None:
+            limit = self.config.returns.no_receipt_limit
+            if plan.total > limit:
+                raise SaleError(f"a return without receipt is limited to {self.currency.plain(limit)}")
+            return
+        sold = plan.original.get("completed_at")
+        if sold and now - datetime.fromisoformat(sold) > timedelta(days=self.config.returns.max_days):
+            raise SaleError(f"the sale is older than the {self.config.returns.max_days}-day return period")
+
+    def _return_seq(self, return_id: str) -> int:
+        row = self.ledger.conn.execute("SELECT journal_seq FROM returns WHERE id = ?", (return_id,)).fetchone()
+        return int(row[0])
+
+    def _undo_card_refunds(self, refunds: list[dict[str, Any]]) -> None:
+        for r in refunds:
+            if r["kind"] == "card" and self.terminal is not None and r.get("reference"):
+                self.terminal.reverse(r["reference"])
+
+    def cancel(self, sale: Sale, *, actor: str | None, reason: str, approver: str | None = None) -> None:
         """Abandon a sale: reverse card payments, then journal the void."""
         for tender in sale.tenders:
             if tender.kind is TenderKind.CARD and self.terminal is not None and tender.reference:
@@ -165,7 +279,7 @@ class Till:
         doc = {**sale.to_doc(), "reason": reason}
         time = iso_utc(self.clock.now())
         self.ledger.append(
-            "sale.voided", doc, time=time, actor=actor,
+            "sale.voided", doc, time=time, actor=actor, approver=approver,
             events=[NewEvent("tillbox.sale.voided", doc, subject=sale.id)],
         )  # fmt: skip
 

@@ -548,10 +548,18 @@ class Letterhead:
 
 
 def receipt_reference(doc: Mapping[str, Any]) -> str:
-    """The reference printed as text and barcode: ``<device>-<number:06d>``, else the sale id."""
+    """The reference printed on the receipt and encoded in its barcode or QR code.
+
+    ``doc["reference"]`` when the caller set one; else the store-wide sale reference that
+    returns scan (:func:`appliance.returns.sale_reference`); else the sale id.
+    """
+    if doc.get("reference"):
+        return str(doc["reference"])
     number = doc.get("number")
     if number is not None and doc.get("device"):
-        return f"{doc['device']}-{int(number):06d}"
+        from appliance.returns import sale_reference
+
+        return sale_reference(str(doc["device"]), int(number))
     return str(doc["id"])
 
 
@@ -593,7 +601,7 @@ class _Tape:
 
 
 def _symbol(reference: str, profile: PrinterProfile) -> bytes:
-    """The barcode or QR code of the reference, centred; b"" when none fits or none is wanted."""
+    """The barcode or QR code of the reference; b"" when none fits or none is wanted."""
     if profile.symbology == "code128":
         try:
             data, symbols = code128_data(reference)
@@ -603,8 +611,7 @@ def _symbol(reference: str, profile: PrinterProfile) -> bytes:
             modules = code128_modules(symbols) + 2 * CODE128_QUIET_MODULES
             width = fit_module_width(modules, profile.dots, profile.barcode_module)
             if width is not None:
-                body = cmd_code128(data, module=width, height=profile.barcode_height)
-                return cmd_align("center") + body + cmd_align("left")
+                return cmd_code128(data, module=width, height=profile.barcode_height)
     if profile.symbology in ("code128", "qr"):
         payload = reference.encode("utf-8")
         version = qr_version(len(payload), profile.qr_ec)
@@ -612,8 +619,7 @@ def _symbol(reference: str, profile: PrinterProfile) -> bytes:
             modules = qr_modules(version) + 2 * QR_QUIET_MODULES
             size = fit_module_width(modules, profile.dots, profile.qr_module, minimum=1)
             if size is not None:
-                body = cmd_qr(payload, module=size, ec=profile.qr_ec)
-                return cmd_align("center") + body + cmd_align("left")
+                return cmd_qr(payload, module=size, ec=profile.qr_ec)
     return b""
 
 
@@ -738,20 +744,17 @@ def render_receipt(
     tape.line()
     reference = receipt_reference(doc)
     tape.raw(cmd_align("center"))
-    tape.line(f"Receipt {reference}")
+    tape.line(f"Ref {reference}")
     when = _local_time(doc.get("completed_at"), letterhead.tz)
     cashier = doc.get("cashier")
     tape.line(f"{when}  {cashier}".strip() if cashier else when)
-    tape.raw(cmd_align("left"))
     symbol = _symbol(reference, profile)
     if symbol:
         tape.raw(symbol)
         tape.line()
-    if letterhead.footer:
-        tape.raw(cmd_align("center"))
-        for text in letterhead.footer:
-            tape.wrapped(text)
-        tape.raw(cmd_align("left"))
+    for text in letterhead.footer:
+        tape.wrapped(text)
+    tape.raw(cmd_align("left"))
     if profile.cut != "none":
         tape.raw(cmd_cut(partial=profile.cut == "partial"))
     else:

@@ -47,6 +47,19 @@ class SimulatedTerminal:
         self.history.append(("authorize", amount, reference, result))
         return result
 
+    def refund(self, amount: int, currency: str, reference: str) -> CardResult:
+        outcome = self._script.popleft() if self._script else Outcome()
+        n = next(self._counter)
+        result = CardResult(
+            approved=outcome.approved,
+            amount=amount if outcome.approved else 0,
+            reference=f"SIMR{n:06d}" if outcome.approved else "",
+            scheme=outcome.scheme,
+            message=outcome.message or ("refunded" if outcome.approved else "declined"),
+        )
+        self.history.append(("refund", amount, reference, result))
+        return result
+
     def reverse(self, reference: str) -> CardResult:
         result = CardResult(approved=True, amount=0, reference=reference, message="reversed")
         self.history.append(("reverse", 0, reference, result))

@@ -30,6 +30,7 @@ from drivers.escpos_codec import (
     PrinterProfile,
     PrinterStatus,
     RasterImage,
+    check_status_byte,
     render_receipt,
     to_text,
 )
@@ -295,11 +296,11 @@ class ReceiptPrinter(Device):
             reply = link.read(1, self._status_timeout)
             if not reply:
                 raise DeviceUnavailable(f"{self.name} did not answer status request {n}")
-            replies.append(reply[0])
-        try:
-            return PrinterStatus.parse(*replies)
-        except InputError as exc:
-            raise DeviceUnavailable(f"{self.name} sent a garbled status: {exc}") from exc
+            try:
+                replies.append(check_status_byte(reply[0]))
+            except InputError as exc:
+                raise DeviceUnavailable(f"{self.name} sent a garbled status: {exc}") from exc
+        return PrinterStatus.parse(*replies)
 
     def _send_job(self, data: bytes) -> PrinterStatus | None:
         """Write one job; raises DeviceUnavailable (link failure or printer not ready)."""
@@ -433,9 +434,18 @@ def serial_link(port: str, baudrate: int = 9600, *, timeout: float = 1.0) -> Esc
 
 def network_link(host: str, port: int = 9100, *, timeout: float = 5.0) -> EscposLink:
     """A network printer (raw TCP, usually port 9100) through python-escpos."""
+    import socket
+
     from escpos.printer import Network
 
-    return _open_escpos(Network(host, port=port, timeout=timeout), f"network printer {host}:{port}")
+    description = f"network printer {host}:{port}"
+    try:  # connect here: escpos's own open() leaks the socket when the connection is refused
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise DeviceUnavailable(f"cannot open {description}: {exc}") from exc
+    printer = Network(host, port=port, timeout=timeout)
+    printer.device = sock
+    return EscposLink(printer, description)
 
 
 def file_link(path: str | Path) -> EscposLink:

@@ -39,7 +39,7 @@ from enum import StrEnum
 
 from appliance.errors import DeviceUnavailable, InputError
 from drivers.base import Device, Health
-from drivers.scanner import Backoff
+from drivers.scanner import Backoff, link_errors
 from drivers.transport import SerialTransport, Transport
 
 __all__ = [
@@ -308,9 +308,10 @@ class Scale(Device):
         with self._io:
             transport = self._open()
             try:
-                self._drain(transport)
-                transport.write(command)
-                frame = self._read_frame(transport)
+                with link_errors(f"{self.name} link failed"):
+                    self._drain(transport)
+                    transport.write(command)
+                    frame = self._read_frame(transport)
                 reading = parse_reply(frame, self.unit)
             except ScaleProtocolError as exc:
                 self.set_health(Health.DEGRADED, str(exc))
@@ -335,7 +336,8 @@ class Scale(Device):
         if wait > 0:
             raise DeviceUnavailable(f"{self.name} is unavailable; next attempt in {wait:.1f} s")
         try:
-            self._transport = self._connect()
+            with link_errors(f"cannot open {self.name}"):
+                self._transport = self._connect()
         except DeviceUnavailable as exc:
             self._schedule_retry()
             self.set_health(Health.UNAVAILABLE, str(exc))
@@ -350,7 +352,7 @@ class Scale(Device):
     def _drop(self) -> None:
         transport, self._transport = self._transport, None
         if transport is not None:
-            with contextlib.suppress(OSError, DeviceUnavailable):
+            with contextlib.suppress(DeviceUnavailable), link_errors(f"closing {self.name}"):
                 transport.close()
 
     @staticmethod

@@ -61,6 +61,7 @@ __all__ = [
     "SimulatedScanner",
     "Terminator",
     "WedgeDecoder",
+    "link_errors",
     "open_scanner",
     "parse_raw",
     "parsing",
@@ -573,6 +574,33 @@ def require_evdev() -> Any:
     return evdev
 
 
+def _escaping_errors() -> tuple[type[Exception], ...]:
+    """Errors pyserial can raise past :class:`SerialTransport` when a port vanishes or refuses settings."""
+    errors: list[type[Exception]] = [OSError]
+    with contextlib.suppress(ImportError):
+        import serial
+
+        errors.append(serial.SerialException)
+    with contextlib.suppress(ImportError):
+        import termios
+
+        errors.append(termios.error)
+    return tuple(errors)
+
+
+@contextlib.contextmanager
+def link_errors(what: str) -> Iterator[None]:
+    """Translate serial-link failures that escape the transport into DeviceUnavailable."""
+    try:
+        yield
+    except DeviceUnavailable:
+        raise
+    except Exception as exc:
+        if isinstance(exc, _escaping_errors()):
+            raise DeviceUnavailable(f"{what}: {exc}") from exc
+        raise
+
+
 class SerialLink:
     """A serial scanner: a :class:`SerialTransport` feeding a :class:`SerialFramer`."""
 
@@ -596,20 +624,22 @@ class SerialLink:
         self._transport: Transport | None = None
 
     def open(self) -> None:
-        self._transport = self._connect()
+        with link_errors(f"cannot open {self.port}"):
+            self._transport = self._connect()
         self._framer.reset()
 
     def pump(self) -> None:
         if self._transport is None:
             raise DeviceUnavailable(f"{self.port} is not open")
-        data = self._transport.read(4096, self._poll)
+        with link_errors(f"{self.port} failed"):
+            data = self._transport.read(4096, self._poll)
         now = self._clock()
         self._handle(self._framer.feed(data, now) if data else self._framer.tick(now))
 
     def release(self) -> None:
         transport, self._transport = self._transport, None
         if transport is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(DeviceUnavailable), link_errors(f"closing {self.port}"):
                 transport.close()
 
 

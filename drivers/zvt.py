@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -42,7 +43,7 @@ from typing import Any, Protocol
 from appliance.errors import DeviceUnavailable, InputError, PaymentDeclined, TillboxError
 from appliance.tenders import CardResult
 from drivers.base import Device, Health
-from drivers.transport import Transport
+from drivers.transport import TcpTransport, Transport
 
 log = logging.getLogger(__name__)
 
@@ -798,8 +799,10 @@ class SerialLink:
         while True:
             event = self._rx.next_event()
             if isinstance(event, FrameOk):
-                self.transport.write(bytes([ACK]))
-                return event.apdu
+                if self.accept(event.apdu):
+                    self.transport.write(bytes([ACK]))
+                    return event.apdu
+                event = FrameBad("frame refused")
             if isinstance(event, Control):
                 continue  # a stray ACK/NAK means nothing here
             now = time.monotonic()
@@ -819,6 +822,10 @@ class SerialLink:
             if now >= deadline:
                 return None
             self._pull(deadline - now)
+
+    def accept(self, apdu: bytes) -> bool:
+        """Hook for simulators: return False to NAK a good frame."""
+        return True
 
     def _refuse(self, reason: str) -> None:
         log.debug("damaged frame from the peer (%s); sending NAK", reason)
@@ -888,6 +895,22 @@ def make_link(transport: Transport, framing: Framing, *, ack_timeout: float = T3
         return SerialLink(transport, ack_timeout=ack_timeout, byte_timeout=byte_timeout, max_repeats=max_repeats,
                           stats=stats)  # fmt: skip
     return TcpLink(transport, stats=stats)
+
+
+class _NoDelayTcpTransport(TcpTransport):
+    """A TCP transport with Nagle's algorithm off.
+
+    ZVT sends many small messages, each waiting for an answer; with Nagle and
+    delayed ACKs every exchange would stall for about 40 ms.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(host, port)
+        try:
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            self.close()
+            raise DeviceUnavailable(f"cannot set up the connection to {host}:{port}: {exc}") from exc
 
 
 # -- the driver --------------------------------------------------------------------------------
@@ -960,7 +983,9 @@ class ZvtTerminal(Device):
     """A ZVT payment terminal over serial or TCP; implements ``PaymentTerminal``.
 
     ``connect`` opens a fresh :class:`Transport` (called again after the link drops).
-    Calls block; run them in an executor. One command runs at a time.
+    ``t3``/``t4`` are the spec's time-outs; ``ack_timeout`` (serial only, default T3)
+    bounds the wait for the ACK/NAK byte after each frame. Calls block; run them in
+    an executor. One command runs at a time.
     """
 
     def __init__(
@@ -973,6 +998,7 @@ class ZvtTerminal(Device):
         currency: str | None = None,
         t3: float = T3,
         t4: float = T4,
+        ack_timeout: float | None = None,
         byte_timeout: float = BYTE_TIMEOUT,
         max_repeats: int = MAX_REPEATS,
         register: bool = True,
@@ -990,6 +1016,7 @@ class ZvtTerminal(Device):
         if self.currency is not None:
             _currency_numeric(self.currency)
         self.t3, self.t4 = t3, t4
+        self.ack_timeout = t3 if ack_timeout is None else ack_timeout
         self.byte_timeout = byte_timeout
         self.max_repeats = max_repeats
         self.auto_register = register
@@ -1024,10 +1051,9 @@ class ZvtTerminal(Device):
     @classmethod
     def tcp(cls, host: str, port: int = DEFAULT_TCP_PORT, **kwargs: Any) -> ZvtTerminal:
         """A terminal on the network."""
-        from drivers.transport import TcpTransport
 
         def connect() -> Transport:
-            return TcpTransport(host, port)
+            return _NoDelayTcpTransport(host, port)
 
         return cls(connect, framing=Framing.TCP, **kwargs)
 
@@ -1186,7 +1212,7 @@ class ZvtTerminal(Device):
 
     def _ambiguous(self, pending: Pending, why: str) -> CardResult:
         self._pending = pending
-        self.set_health(Health.UNAVAILABLE, f"outcome of a {pending.kind} unknown ({why}); checking")
+        self.set_health(Health.UNAVAILABLE, f"outcome of the {pending.kind} unknown ({why}); checking")
         return self._resolve_pending()
 
     def _settle_pending(self, claim: tuple[str, int, str] | None) -> CardResult | None:
@@ -1288,8 +1314,10 @@ class ZvtTerminal(Device):
     def _ensure_link(self) -> Link:
         if self._link is None:
             transport = self._connect()
-            self._link = make_link(transport, self.framing, ack_timeout=self.t3, byte_timeout=self.byte_timeout,
-                                   max_repeats=self.max_repeats, stats=self.stats)  # fmt: skip
+            self._link = make_link(
+                transport, self.framing, ack_timeout=self.ack_timeout, byte_timeout=self.byte_timeout,
+                max_repeats=self.max_repeats, stats=self.stats,
+            )  # fmt: skip
             self._registered = False
         return self._link
 

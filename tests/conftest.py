@@ -49,13 +49,24 @@ def ledger(tmp_path: Path, config: Config) -> Iterator[Ledger]:
 
 @pytest.fixture
 def till(ledger: Ledger, config: Config, clock: FrozenClock) -> Till:
-    return Till(config, ledger, clock=clock, terminal=SimulatedTerminal())
+    return Till(config, ledger, clock=clock, terminal=SimulatedTerminal(), fast_hash=True)
+
+
+def open_shift(till: Till, float_amount: int = 10_000, actor: str = "ann") -> None:
+    """Open a shift as ``actor`` (a cashier may open a shift)."""
+    from datetime import timedelta
+
+    from appliance.staff import Action, Approval
+
+    now = till.clock.now()
+    till.shifts.open(float_amount, Approval(Action.OPEN_SHIFT, actor, None, now + timedelta(minutes=1)), now)
 
 
 @pytest.fixture
 def demo_till(till: Till, tmp_path: Path) -> Till:
-    """A till with the demo catalog and promotions loaded."""
+    """A till with the demo catalog and promotions loaded, and a shift open."""
     from appliance.demo import seed
 
     seed(till, tmp_path)
+    open_shift(till)
     return till

@@ -28,6 +28,7 @@ def data(tmp_path: Path) -> Path:
     out = run("catalog", "import", str(CATALOG), data=tmp_path)
     assert out.returncode == 0, out.stderr
     assert run("catalog", "promotions", str(PROMOS), data=tmp_path).returncode == 0
+    assert run("shift", "open", "--float", "100.00", data=tmp_path).returncode == 0
     return tmp_path
 
 
@@ -58,7 +59,7 @@ def test_scripted_sale_text_receipt(data: Path) -> None:
     assert "Water 3 for 2" in out.stdout
     assert "TOTAL EUR" in out.stdout and "1.58" in out.stdout
     assert "Change                                3.42" in out.stdout
-    assert "Receipt till-1-000001" in out.stdout
+    assert "Receipt 1" in out.stdout and "Ref TB-till-1-000001  J4:" in out.stdout
 
 
 def test_scripted_sale_json_and_split(data: Path) -> None:
@@ -94,7 +95,7 @@ def test_ledger_verify_ok_and_tampered(data: Path) -> None:
     for _ in range(3):
         assert run("sale", "--scan", "4006381333931", "--pay", "card", data=data).returncode == 0
     out = run("ledger", "verify", data=data)
-    assert out.returncode == 0 and out.stdout.startswith("ledger ok: 5 journal entries, 3 sales verified")
+    assert out.returncode == 0 and out.stdout.startswith("ledger ok: 6 journal entries, 3 sales verified")
     conn = sqlite3.connect(data / "ledger.db")
     conn.execute("DROP TRIGGER journal_no_update")
     conn.execute("UPDATE journal SET time = '2020-01-01T00:00:00.000Z' WHERE seq = 4")
@@ -144,4 +145,4 @@ def test_demo_console_rings_a_sale(tmp_path: Path) -> None:
     assert "17 items" in out.stdout
     assert "! don't understand 'foo bar'" in out.stdout
     assert "! barcode 999 not found" in out.stdout
-    assert "Receipt till-1-000001" in out.stdout and "ledger ok" in out.stdout
+    assert "Ref TB-till-1-000001" in out.stdout and "ledger ok" in out.stdout

@@ -95,13 +95,13 @@ def test_sale_writes_rows_stock_journal_and_events_together(demo_till: Till) -> 
     )
     assert done.committed.number == 1
     assert led.stock_level("1001") == before - 2
-    events = led.outbox(limit=10)
+    events = [e for e in led.outbox(limit=10) if e.type != "tillbox.shift.opened"]
     assert [e.type for e in events] == [
         "tillbox.sale.completed",
         "tillbox.stock.moved",
         "tillbox.ledger.head",
     ]
-    assert [e.seq for e in events] == [1, 2, 3]
+    assert [e.seq for e in events] == [2, 3, 4]  # 1 is the shift opening
     sale_event = json.loads(events[0].data)
     assert sale_event["id"] == done.committed.sale_id
     assert sale_event["total"] == done.doc["total"]
@@ -128,8 +128,8 @@ def test_failed_sale_commit_leaves_nothing(demo_till: Till) -> None:
     with pytest.raises(LedgerError):
         led.commit_sale(doc)
     assert led.sale_count() == 0
-    assert led.head()[0] == 1  # only the catalog import
-    assert led.outbox() == []
+    assert led.head()[0] == 2  # only the catalog import and the shift opening
+    assert [e.type for e in led.outbox()] == ["tillbox.shift.opened"]
     assert led.stock_level("1001") == 0
 
 
@@ -137,19 +137,19 @@ def test_outbox_ack_and_retention(demo_till: Till) -> None:
     led = demo_till.ledger
     _sale(demo_till)
     _sale(demo_till)
-    assert len(led.outbox()) == 6
+    assert len(led.outbox()) == 7  # shift opened + 2 sales of 3 events
     led.mark_published([1, 2], T)
     with pytest.raises(sqlite3.IntegrityError, match="unacknowledged"):
         led.conn.execute("DELETE FROM outbox WHERE seq = 1")
     with pytest.raises(sqlite3.IntegrityError, match="immutable"):
         led.conn.execute("UPDATE outbox SET data = '{}' WHERE seq = 1")
     assert led.mark_acked(4, T) == 4
-    assert [e.seq for e in led.outbox()] == [5, 6]
+    assert [e.seq for e in led.outbox()] == [5, 6, 7]
     assert led.prune_outbox("2026-03-02T09:00:00.000Z") == 0  # acked after the cut-off: kept
     assert led.prune_outbox("2026-03-03T00:00:00.000Z") == 4
-    assert [e.seq for e in led.outbox(unacked_only=False)] == [5, 6]
+    assert [e.seq for e in led.outbox(unacked_only=False)] == [5, 6, 7]
     _sale(demo_till)
-    assert [e.seq for e in led.outbox()] == [5, 6, 7, 8, 9]  # the sequence never restarts
+    assert [e.seq for e in led.outbox()] == [5, 6, 7, 8, 9, 10]  # the sequence never restarts
 
 
 def test_emit_inside_transaction_is_gap_free(ledger: Ledger) -> None:
@@ -233,7 +233,7 @@ def test_verify_detects_missing_sale_row(demo_till: Till) -> None:
     conn.execute("DELETE FROM sales")
     conn.close()
     report = verify(demo_till.ledger)
-    assert "1 sales in the journal but 0 sale rows; first is journal entry 2" in report.errors[0]
+    assert "1 sales in the journal but 0 sale rows; first is journal entry 3" in report.errors[0]
 
 
 def test_verify_detects_altered_line(demo_till: Till) -> None:
@@ -317,15 +317,16 @@ def test_old_schema_is_migrated_in_place(tmp_path: Path) -> None:
     from appliance.ledger import schema
 
     path = tmp_path / "ledger.db"
-    with Ledger(path, store_id="s", device_id="d") as led:
-        led.append("note", {"n": 1}, time=T)
-    conn = _raw(path)  # roll the file back to what schema version 1 looked like
-    conn.execute("DROP TABLE alerts")
-    conn.execute("DROP TABLE dead_letters")
+    conn = sqlite3.connect(path, isolation_level=None)  # a file as tillbox 0.1 (schema 1) left it
+    conn.execute("BEGIN")
+    schema.MIGRATIONS[0](conn)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [("store_id", "s"), ("device_id", "d")])
     conn.execute("PRAGMA user_version = 1")
+    conn.execute("COMMIT")
     conn.close()
     with Ledger(path, store_id="s", device_id="d") as led:
-        assert led.schema_version == schema.LATEST_VERSION == 2
+        assert led.schema_version == schema.LATEST_VERSION
         assert led.conn.execute("SELECT count(*) FROM alerts").fetchone()[0] == 0
-        assert led.head()[0] == 1
+        led.append("note", {"n": 1}, time=T)
         assert verify(led).ok

@@ -20,6 +20,7 @@ from appliance.promotions import MultiBuy, PercentOff, Target
 from appliance.sale import Discount, Sale, SalePolicy
 from appliance.tenders import TenderKind
 from appliance.till import Till, open_ledger
+from tests.conftest import open_shift
 from drivers.payment import Outcome, SimulatedTerminal
 
 WATER, JUICE, MILK, WINE = "4006381333931", "5901234123457", "4012345678901", "4006040014003"
@@ -270,13 +271,15 @@ def test_cancel_reverses_card_and_journals(demo_till: Till) -> None:
         demo_till.terminal.history[-1][0] == "reverse" and demo_till.terminal.history[-1][2] == card.reference
     )
     events = [e.type for e in demo_till.ledger.outbox()]
-    assert events == ["tillbox.sale.voided"]
+    assert events == ["tillbox.shift.opened", "tillbox.sale.voided"]
     assert demo_till.ledger.sale_count() == 0
 
 
 def _till_from(tmp_path: Path, text: str, clock: FrozenClock) -> Till:
     config = parse_config(text)
-    return Till(config, open_ledger(config, tmp_path), clock=clock, terminal=SimulatedTerminal())
+    till = Till(config, open_ledger(config, tmp_path), clock=clock, terminal=SimulatedTerminal(), fast_hash=True)
+    open_shift(till)
+    return till
 
 
 def test_cash_rounding(tmp_path: Path, clock: FrozenClock) -> None:

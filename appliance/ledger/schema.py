@@ -185,8 +185,116 @@ def _v1(conn: sqlite3.Connection) -> None:
 
 
 def _v2(conn: sqlite3.Connection) -> None:
-    """Active alerts, and a dead-letter table for rejected inbound messages."""
+    """Alerts, dead letters; staff, shifts, customers, returns and refunds."""
     db = sqlite_utils.Database(conn)
+    db.table("staff").create(
+        {
+            "id": str,
+            "name": str,
+            "role": str,
+            "pin_hash": str,
+            "badge_hash": str,
+            "active": int,
+            "failures": int,
+            "locked_until": str,
+        },
+        pk="id",
+        not_null={"name", "role", "active", "failures"},
+        defaults={"active": 1, "failures": 0},
+    )
+    db.table("staff").create_index(["badge_hash"], unique=True)
+    db.table("shifts").create(
+        {
+            "id": int,
+            "opened_at": str,
+            "opened_by": str,
+            "float": int,
+            "open_seq": int,
+            "closed_at": str,
+            "closed_by": str,
+            "z_number": int,
+            "close_seq": int,
+        },
+        pk="id",
+        not_null={"opened_at", "opened_by", "float", "open_seq"},
+        foreign_keys=[("open_seq", "journal", "seq"), ("close_seq", "journal", "seq")],
+    )
+    db.table("shifts").create_index(["z_number"], unique=True)
+    conn.execute(
+        "CREATE TRIGGER shifts_closed_final BEFORE UPDATE ON shifts WHEN OLD.closed_at IS NOT NULL "
+        "BEGIN SELECT RAISE(ABORT, 'a closed shift cannot change'); END"
+    )
+    conn.execute(
+        "CREATE UNIQUE INDEX shifts_one_open ON shifts((closed_at IS NULL)) WHERE closed_at IS NULL"
+    )
+    db.table("customers").create(
+        {
+            "id": str,
+            "name": str,
+            "email": str,
+            "phone": str,
+            "consent": int,
+            "consent_at": str,
+            "created_at": str,
+            "erased_at": str,
+        },
+        pk="id",
+        not_null={"consent", "created_at"},
+        defaults={"consent": 0},
+    )
+    db.table("customers").create_index(["email"])
+    db.table("customers").create_index(["phone"])
+    db.table("sales").add_column("shift_id", int)
+    db.table("sales").add_column("customer_id", str)
+    db.table("returns").create(
+        {
+            "id": str,
+            "number": int,
+            "journal_seq": int,
+            "original_sale_id": str,
+            "shift_id": int,
+            "cashier": str,
+            "approver": str,
+            "completed_at": str,
+            "total": int,
+            "tax": int,
+        },
+        pk="id",
+        not_null={"number", "journal_seq", "completed_at", "total", "tax"},
+        foreign_keys=[("journal_seq", "journal", "seq")],
+    )
+    db.table("returns").create_index(["number"], unique=True)
+    db.table("refunds").create(
+        {
+            "return_id": str,
+            "sale_id": str,
+            "line_no": int,
+            "qty": str,
+            "amount": int,
+            "tax": int,
+            "disposition": str,
+        },
+        pk=("return_id", "sale_id", "line_no"),
+        not_null={"qty", "amount", "tax", "disposition"},
+        foreign_keys=[("return_id", "returns", "id")],
+    )
+    db.table("refunds").create_index(["sale_id", "line_no"])
+    db.table("remote_sales").create(
+        {"id": str, "source": str, "reference": str, "received_at": str, "body": str},
+        pk="id",
+        not_null={"source", "received_at", "body"},
+    )
+    db.table("remote_sales").create_index(["reference"])
+    db.table("stock_damaged").create({"sku": str, "level_milli": int}, pk="sku", not_null={"level_milli"})
+    for table in ("returns", "refunds"):
+        conn.execute(
+            f"CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} "
+            f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+        )
+        conn.execute(
+            f"CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table} "
+            f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+        )
     db.table("alerts").create(
         {"code": str, "severity": str, "message": str, "raised_at": str, "journal_seq": int},
         pk="code",
@@ -199,6 +307,26 @@ def _v2(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v3(conn: sqlite3.Connection) -> None:
+    """Sync: versioned documents from the shop, remote stock levels and pickup orders."""
+    db = sqlite_utils.Database(conn)
+    db.table("sync_docs").create(
+        {"name": str, "version": int, "body": str, "updated_at": str},
+        pk="name",
+        not_null={"version", "updated_at"},
+    )
+    db.table("remote_stock").create(
+        {"sku": str, "version": int, "body": str, "updated_at": str},
+        pk="sku",
+        not_null={"version", "body", "updated_at"},
+    )
+    db.table("pickup_orders").create(
+        {"id": str, "version": int, "status": str, "body": str, "updated_at": str},
+        pk="id",
+        not_null={"version", "status", "body", "updated_at"},
+    )
+
+
 #: Migration n brings the schema from version n-1 to n. Append, never edit.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3)
 LATEST_VERSION = len(MIGRATIONS)

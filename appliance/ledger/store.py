@@ -150,6 +150,63 @@ class Tx:
         )
         return milli_to_qty(level)
 
+    def write_sale(self, doc: Mapping[str, Any]) -> CommittedSale:
+        """Write a completed sale inside this transaction (see :meth:`Ledger.commit_sale`)."""
+        conn = self.conn
+        number = conn.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM sales").fetchone()[0]
+        record = dict(doc)
+        record["number"] = number
+        record["store"] = self._ledger.store_id
+        record["device"] = self._ledger.device_id
+        time = str(record["completed_at"])
+        entry = self.journal(
+            "sale.completed", record, time=time, actor=record.get("cashier"), approver=record.get("approver")
+        )
+        lines = record["lines"]
+        conn.execute(
+            "INSERT INTO sales(id, number, journal_seq, cashier, started_at, completed_at, duration_ms, "
+            "currency, subtotal, discount, tax, total, rounding, change, line_count, shift_id, customer_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record["id"], number, entry.seq, record.get("cashier"), record.get("started_at"), time,
+                record.get("duration_ms"), record["currency"], record["subtotal"], record["discount"],
+                record["tax"], record["total"], record["rounding"], record["change"], len(lines),
+                record.get("shift_id"), record.get("customer_id"),
+            ),
+        )  # fmt: skip
+        conn.executemany(
+            "INSERT INTO sale_lines(sale_id, line_no, sku, name, qty, unit_price, amount, discount, tax, "
+            "total, tax_class, voided) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    record["id"], ln["line"], ln["sku"], ln["name"], ln["qty"], ln["unit_price"],
+                    ln["amount"], ln["discount"], ln["tax"], ln["total"], ln["tax_class"], int(ln["voided"]),
+                )
+                for ln in lines
+            ],
+        )  # fmt: skip
+        conn.executemany(
+            "INSERT INTO sale_tenders(sale_id, idx, kind, amount, reference) VALUES (?, ?, ?, ?, ?)",
+            [(record["id"], i, t["kind"], t["amount"], t.get("reference")) for i, t in enumerate(record["tenders"], 1)],
+        )
+        moves: dict[str, Decimal] = {}
+        for ln in lines:
+            if not ln["voided"]:
+                moves[ln["sku"]] = moves.get(ln["sku"], Decimal(0)) - Decimal(ln["qty"])
+        stock = []
+        for sku, delta in moves.items():
+            level = self.move_stock(sku, delta, reason="sale", journal_seq=entry.seq, sale_id=record["id"])
+            stock.append({"sku": sku, "delta": str(delta), "level": str(level)})
+        seqs = (
+            self.emit(NewEvent("tillbox.sale.completed", record, subject=record["id"]), time=time,
+                      journal_seq=entry.seq),
+            self.emit(NewEvent("tillbox.stock.moved", {"reason": "sale", "sale_id": record["id"], "moves": stock}),
+                      time=time, journal_seq=entry.seq),
+            self.emit(NewEvent("tillbox.ledger.head", {"seq": entry.seq, "hash": entry.hash}), time=time,
+                      journal_seq=entry.seq),
+        )  # fmt: skip
+        return CommittedSale(str(record["id"]), int(number), entry, seqs)
+
     def set_counter(self, name: str, value: int) -> None:
         """Store a named counter (Z numbers, sequences of later features)."""
         self.conn.execute(
@@ -204,6 +261,7 @@ class Ledger:
             raise LedgerError(f"{self.path}: cannot switch to WAL mode (got {mode})")
         self.conn.execute(f"PRAGMA synchronous = {synchronous}")
         self.conn.execute("PRAGMA foreign_keys = ON")
+        self.conn.execute("PRAGMA secure_delete = ON")  # erased personal data does not linger in free pages
         self.conn.execute(f"PRAGMA wal_autocheckpoint = {int(wal_autocheckpoint)}")
 
     def _migrate(self) -> None:
@@ -344,65 +402,7 @@ class Ledger:
         ledger assigns the receipt number.
         """
         with self.transaction("committing sale") as tx:
-            number = self.conn.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM sales").fetchone()[0]
-            record = dict(doc)
-            record["number"] = number
-            record["store"] = self.store_id
-            record["device"] = self.device_id
-            time = str(record["completed_at"])
-            entry = tx.journal(
-                "sale.completed",
-                record,
-                time=time,
-                actor=record.get("cashier"),
-                approver=record.get("approver"),
-            )
-            lines = record["lines"]
-            self.conn.execute(
-                "INSERT INTO sales(id, number, journal_seq, cashier, started_at, completed_at, duration_ms, "
-                "currency, subtotal, discount, tax, total, rounding, change, line_count) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record["id"], number, entry.seq, record.get("cashier"), record.get("started_at"), time,
-                    record.get("duration_ms"), record["currency"], record["subtotal"], record["discount"],
-                    record["tax"], record["total"], record["rounding"], record["change"], len(lines),
-                ),
-            )  # fmt: skip
-            self.conn.executemany(
-                "INSERT INTO sale_lines(sale_id, line_no, sku, name, qty, unit_price, amount, discount, tax, "
-                "total, tax_class, voided) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        record["id"], ln["line"], ln["sku"], ln["name"], ln["qty"], ln["unit_price"],
-                        ln["amount"], ln["discount"], ln["tax"], ln["total"], ln["tax_class"], int(ln["voided"]),
-                    )
-                    for ln in lines
-                ],
-            )  # fmt: skip
-            self.conn.executemany(
-                "INSERT INTO sale_tenders(sale_id, idx, kind, amount, reference) VALUES (?, ?, ?, ?, ?)",
-                [
-                    (record["id"], i, t["kind"], t["amount"], t.get("reference"))
-                    for i, t in enumerate(record["tenders"], 1)
-                ],
-            )
-            moves: dict[str, Decimal] = {}
-            for ln in lines:
-                if not ln["voided"]:
-                    moves[ln["sku"]] = moves.get(ln["sku"], Decimal(0)) - Decimal(ln["qty"])
-            stock = []
-            for sku, delta in moves.items():
-                level = tx.move_stock(sku, delta, reason="sale", journal_seq=entry.seq, sale_id=record["id"])
-                stock.append({"sku": sku, "delta": str(delta), "level": str(level)})
-            seqs = (
-                tx.emit(NewEvent("tillbox.sale.completed", record, subject=record["id"]), time=time,
-                        journal_seq=entry.seq),
-                tx.emit(NewEvent("tillbox.stock.moved", {"reason": "sale", "sale_id": record["id"], "moves": stock}),
-                        time=time, journal_seq=entry.seq),
-                tx.emit(NewEvent("tillbox.ledger.head", {"seq": entry.seq, "hash": entry.hash}), time=time,
-                        journal_seq=entry.seq),
-            )  # fmt: skip
-        return CommittedSale(str(record["id"]), int(number), entry, seqs)
+            return tx.write_sale(doc)
 
     def mark_published(self, seqs: Sequence[int], time: str) -> None:
         """Record the broker's PUBACK for events."""

@@ -1,0 +1,565 @@
+"""The reference shop hub: the other end of the contract, for small shops and for tests.
+
+``tillbox hub --broker mqtt://HOST:PORT --data-dir DIR`` keeps a SQLite database
+(``DIR/hub.db``) and:
+
+- ingests device events idempotently (unique on event id and on (source, sequence)),
+  applying them in sequence order per device and recording gaps;
+- keeps central stock per store and channel (tills sell from ``store``; online
+  orders reserve units) and republishes retained stock levels;
+- sends end-to-end acks (highest contiguous sequence per device, retained);
+- answers reconciliation requests with its view of each till;
+- publishes catalog snapshots and deltas, promotions, desired config, pickup orders
+  and commands.
+
+Like the till's service it runs on one thread that owns the MQTT link and the
+database writes; other threads use :meth:`Hub.call` or the public methods, which go
+through it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import paho.mqtt.client as mqtt
+
+from appliance.clock import Clock, SystemClock, iso_utc
+from appliance.errors import InputError, TillboxError
+from appliance.ledger.store import milli_to_qty, qty_to_milli
+from sync.contract import PREFIX, parse_device_topic, sku_segment, source, store_topic
+from sync.link import LinkSettings, MqttLink, message_properties
+from sync.schemas import validate
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+STORE_CHANNEL: Final = "store"
+_HUB_PREFIX: Final = "tillbox/hub"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS events(
+    id TEXT PRIMARY KEY, source TEXT NOT NULL, store TEXT NOT NULL, device TEXT NOT NULL, seq INTEGER NOT NULL,
+    type TEXT NOT NULL, time TEXT NOT NULL, received_at TEXT NOT NULL, body TEXT NOT NULL, UNIQUE(source, seq));
+CREATE TABLE IF NOT EXISTS devices(
+    store TEXT NOT NULL, device TEXT NOT NULL, contiguous INTEGER NOT NULL DEFAULT 0,
+    max_seen INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(store, device));
+CREATE TABLE IF NOT EXISTS gaps(
+    store TEXT NOT NULL, device TEXT NOT NULL, from_seq INTEGER NOT NULL, to_seq INTEGER NOT NULL,
+    detected_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS conflicts(
+    source TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL, received_at TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rejected(topic TEXT NOT NULL, reason TEXT NOT NULL, received_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sales(
+    id TEXT PRIMARY KEY, store TEXT NOT NULL, device TEXT NOT NULL, number INTEGER NOT NULL,
+    total INTEGER NOT NULL, currency TEXT NOT NULL, time TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS stock(
+    store TEXT NOT NULL, channel TEXT NOT NULL, sku TEXT NOT NULL, level_milli INTEGER NOT NULL,
+    PRIMARY KEY(store, channel, sku));
+CREATE TABLE IF NOT EXISTS stock_versions(
+    store TEXT NOT NULL, sku TEXT NOT NULL, version INTEGER NOT NULL, PRIMARY KEY(store, sku));
+CREATE TABLE IF NOT EXISTS tally(
+    store TEXT NOT NULL, device TEXT NOT NULL, sku TEXT NOT NULL, delta_milli INTEGER NOT NULL,
+    PRIMARY KEY(store, device, sku));
+CREATE TABLE IF NOT EXISTS docs(
+    store TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY(store, name));
+CREATE TABLE IF NOT EXISTS orders(
+    store TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, status TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY(store, id));
+"""
+
+
+@dataclass
+class _Batch:
+    """What one ingest transaction changed, published after it commits."""
+
+    acks: set[tuple[str, str]] = field(default_factory=set)
+    stock: set[tuple[str, str]] = field(default_factory=set)
+    replies: list[tuple[str, bytes]] = field(default_factory=list)
+    snapshots: set[str] = field(default_factory=set)
+
+
+class Hub:
+    """The reference shop hub; start it, use it, close it."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        link: LinkSettings,
+        *,
+        clock: Clock | None = None,
+        poll_interval: float = 0.01,
+        validate_events: bool = True,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.data_dir / "hub.db"
+        self.clock = clock or SystemClock()
+        self.poll_interval = poll_interval
+        self.validate_events = validate_events
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = FULL")
+        self.db.execute("PRAGMA busy_timeout = 5000")
+        self.db.executescript(_SCHEMA)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._pending: list[mqtt.MQTTMessage] = []
+        self._waiting: dict[bytes, Future[dict[str, Any]]] = {}
+        self._reported_gaps: set[tuple[str, str, int]] = set()
+        self._acked: dict[tuple[str, str], int] = {}
+        self._thread: threading.Thread | None = None
+        self.link = MqttLink(
+            link, next_session=self._next_session, will=self._will, on_connect=self._connected,
+            on_disconnect=lambda: None, on_message=lambda m: self._pending.append(m), on_published=lambda mid: None,
+            clock=self.clock, wake=self._wake,
+        )  # fmt: skip
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> Hub:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self.run, name="tillbox-hub", daemon=True)
+            self._thread.start()
+        return self
+
+    def run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.link.step(self.poll_interval)
+                self._run_calls()
+                if self._pending:
+                    self._ingest()
+            self.link.close(final=self._will(self.link.session))
+        finally:
+            self._run_calls()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def close(self) -> None:
+        """Stop, wait for the thread, close the database; idempotent."""
+        self.stop()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(10)
+        self.db.close()
+
+    def __enter__(self) -> Hub:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, fn: Callable[[], T]) -> Future[T]:
+        """Run ``fn`` on the hub thread."""
+        fut: Future[T] = Future()
+
+        def run() -> None:
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn())
+                except BaseException as exc:
+                    fut.set_exception(exc)
+
+        self._calls.put(run)
+        self._wake.set()
+        return fut
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                fn = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            fn()
+
+    def _counter(self, name: str, *, bump: bool = False) -> int:
+        row = self.db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        value = int(row[0]) if row else 0
+        if bump:
+            value += 1
+            self.db.execute(
+                "INSERT INTO counters(name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+        return value
+
+    def _next_session(self) -> int:
+        return self._counter("session", bump=True)
+
+    def _will(self, session: int) -> tuple[str, bytes]:
+        return f"{_HUB_PREFIX}/status", json.dumps({"online": False, "session": session}).encode()
+
+    def _connected(self, session: int) -> None:
+        self.link.subscribe([(f"{PREFIX}/+/+/evt/+", 1), (f"{_HUB_PREFIX}/res/+", 1)])
+        self.link.publish(f"{_HUB_PREFIX}/status", json.dumps({"online": True, "session": session}).encode(),
+                          retain=True)  # fmt: skip
+
+    # -- ingest ----------------------------------------------------------------------------------
+
+    def _now(self) -> str:
+        return iso_utc(self.clock.now())
+
+    def _reject(self, topic: str, reason: str) -> None:
+        log.warning("hub rejected a message on %s: %s", topic, reason)
+        self.db.execute("INSERT INTO rejected(topic, reason, received_at) VALUES (?, ?, ?)", (topic, reason,
+                                                                                              self._now()))
+
+    def _ingest(self) -> None:
+        messages, self._pending = self._pending, []
+        batch = _Batch()
+        now = self._now()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for msg in messages:
+                if msg.topic.startswith(f"{_HUB_PREFIX}/res/"):
+                    self._response(msg)
+                else:
+                    self._store_event(msg, now, batch)
+            for store, device in sorted(batch.acks):
+                self._advance(store, device, batch, now)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        for store, device in sorted(batch.acks):
+            contiguous, max_seen = self.db.execute(
+                "SELECT contiguous, max_seen FROM devices WHERE store = ? AND device = ?", (store, device)
+            ).fetchone()
+            if contiguous == self._acked.get((store, device)) and max_seen <= contiguous:
+                continue  # only duplicates: nothing new to say
+            self._acked[(store, device)] = contiguous
+            body = json.dumps({"seq": contiguous, "time": now}).encode()
+            self.link.publish(f"{PREFIX}/{store}/{device}/res/ack", body, retain=True)
+        for store, sku in sorted(batch.stock):
+            self._publish_stock(store, sku)
+        for topic, body in batch.replies:
+            self.link.publish(topic, body)
+        for store in sorted(batch.snapshots):
+            self._republish(store, "catalog/snapshot", "catalog")
+
+    def _store_event(self, msg: mqtt.MQTTMessage, now: str, batch: _Batch) -> None:
+        topic = parse_device_topic(msg.topic)
+        try:
+            event = json.loads(msg.payload, parse_float=Decimal)
+            validate("cloudevent-envelope", event)
+        except (ValueError, InputError) as exc:
+            self._reject(msg.topic, str(exc))
+            return
+        if self.validate_events:
+            try:
+                validate("cloudevent", event)
+            except InputError as exc:  # stored all the same: a gap would stall the device's stream
+                self._reject(msg.topic, str(exc))
+        assert topic is not None
+        if event["source"] != source(topic.store, topic.device) or event["store"] != topic.store:
+            self._reject(msg.topic, f"source {event['source']} does not match the topic")
+            return
+        seq = int(event["sequence"])
+        body = json.dumps(event, default=str, separators=(",", ":"))
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO events(id, source, store, device, seq, type, time, received_at, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (event["id"], event["source"], topic.store, topic.device, seq, event["type"], event["time"], now, body),
+        )
+        if cur.rowcount == 0:
+            same = self.db.execute(
+                "SELECT 1 FROM events WHERE id = ? AND source = ? AND seq = ?", (event["id"], event["source"], seq)
+            ).fetchone()
+            if same is None:
+                log.warning("event %s from %s reuses sequence %d with another id", event["id"], event["source"], seq)
+                self.db.execute(
+                    "INSERT INTO conflicts(source, seq, id, received_at, body) VALUES (?, ?, ?, ?, ?)",
+                    (event["source"], seq, event["id"], now, body),
+                )
+        self.db.execute(
+            "INSERT INTO devices(store, device, max_seen) VALUES (?, ?, ?) ON CONFLICT(store, device) "
+            "DO UPDATE SET max_seen = MAX(max_seen, excluded.max_seen)",
+            (topic.store, topic.device, seq),
+        )
+        batch.acks.add((topic.store, topic.device))
+
+    def _advance(self, store: str, device: str, batch: _Batch, now: str) -> None:
+        contiguous, max_seen = self.db.execute(
+            "SELECT contiguous, max_seen FROM devices WHERE store = ? AND device = ?", (store, device)
+        ).fetchone()
+        expected = int(contiguous) + 1
+        rows = self.db.execute(
+            "SELECT seq, type, body FROM events WHERE source = ? AND seq >= ? ORDER BY seq",
+            (source(store, device), expected),
+        )
+        next_present = None
+        for seq, type_, body in rows.fetchall():
+            if seq != expected:
+                next_present = int(seq)
+                break
+            self._apply(store, device, int(seq), str(type_), json.loads(body)["data"], batch)
+            expected += 1
+        self.db.execute(
+            "UPDATE devices SET contiguous = ? WHERE store = ? AND device = ?", (expected - 1, store, device)
+        )
+        if next_present is not None and (store, device, expected) not in self._reported_gaps:
+            self._reported_gaps.add((store, device, expected))
+            log.info("gap from %s/%s: waiting for %d..%d", store, device, expected, next_present - 1)
+            self.db.execute(
+                "INSERT INTO gaps(store, device, from_seq, to_seq, detected_at) VALUES (?, ?, ?, ?, ?)",
+                (store, device, expected, next_present - 1, now),
+            )
+        del max_seen
+
+    def _apply(self, store: str, device: str, seq: int, type_: str, data: dict[str, Any], batch: _Batch) -> None:
+        if type_ == "tillbox.sale.completed":
+            self.db.execute(
+                "INSERT OR IGNORE INTO sales(id, store, device, number, total, currency, time) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (data["id"], store, device, data["number"], data["total"], data["currency"], data["completed_at"]),
+            )
+        elif type_ == "tillbox.stock.moved":
+            for move in data["moves"]:
+                milli = qty_to_milli(Decimal(str(move["delta"])))
+                self._move(store, STORE_CHANNEL, str(move["sku"]), milli)
+                self.db.execute(
+                    "INSERT INTO tally(store, device, sku, delta_milli) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(store, device, sku) DO UPDATE SET delta_milli = delta_milli + excluded.delta_milli",
+                    (store, device, move["sku"], milli),
+                )
+                batch.stock.add((store, str(move["sku"])))
+        elif type_ == "tillbox.reconcile.requested":
+            sales = self.db.execute(
+                "SELECT count(*) FROM sales WHERE store = ? AND device = ?", (store, device)
+            ).fetchone()[0]
+            stock = {
+                str(sku): str(milli_to_qty(int(m)))
+                for sku, m in self.db.execute(
+                    "SELECT sku, delta_milli FROM tally WHERE store = ? AND device = ? AND delta_milli != 0",
+                    (store, device),
+                )
+            }
+            reply = {"request_seq": seq, "contiguous": seq, "sales": int(sales), "stock": stock, "time": self._now()}
+            batch.replies.append((f"{PREFIX}/{store}/{device}/res/reconcile", json.dumps(reply).encode()))
+        elif type_ == "tillbox.catalog.snapshot_requested":
+            batch.snapshots.add(store)
+
+    def _move(self, store: str, channel: str, sku: str, milli: int) -> None:
+        self.db.execute(
+            "INSERT INTO stock(store, channel, sku, level_milli) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(store, channel, sku) DO UPDATE SET level_milli = level_milli + excluded.level_milli",
+            (store, channel, sku, milli),
+        )
+
+    def _publish_stock(self, store: str, sku: str) -> None:
+        self.db.execute(
+            "INSERT INTO stock_versions(store, sku, version) VALUES (?, ?, 1) "
+            "ON CONFLICT(store, sku) DO UPDATE SET version = version + 1",
+            (store, sku),
+        )
+        version = int(self.db.execute("SELECT version FROM stock_versions WHERE store = ? AND sku = ?",
+                                      (store, sku)).fetchone()[0])  # fmt: skip
+        rows = self.db.execute("SELECT channel, level_milli FROM stock WHERE store = ? AND sku = ?", (store, sku))
+        levels = {str(ch): str(milli_to_qty(int(m))) for ch, m in rows}
+        reserved = Decimal(0)
+        open_orders = self.db.execute(
+            "SELECT body FROM orders WHERE store = ? AND status IN ('placed', 'ready')", (store,)
+        ).fetchall()
+        for (body,) in open_orders:
+            reserved += sum((Decimal(ln["qty"]) for ln in json.loads(body)["lines"] if ln["sku"] == sku), Decimal(0))
+        doc = {"sku": sku, "version": version, "time": self._now(), "levels": levels, "reserved": str(reserved)}
+        self.link.publish(store_topic(store, "stock", sku_segment(sku)), json.dumps(doc).encode(), retain=True)
+
+    def _response(self, msg: mqtt.MQTTMessage) -> None:
+        correlation = getattr(msg.properties, "CorrelationData", None)
+        fut = self._waiting.pop(bytes(correlation), None) if correlation else None
+        if fut is not None and not fut.done():
+            try:
+                fut.set_result(json.loads(msg.payload))
+            except ValueError as exc:
+                fut.set_exception(InputError(f"bad command response: {exc}"))
+
+    # -- publishing (each runs on the hub thread) ------------------------------------------------
+
+    def _doc(self, store: str, name: str) -> tuple[int, dict[str, Any] | None]:
+        row = self.db.execute("SELECT version, body FROM docs WHERE store = ? AND name = ?", (store, name)).fetchone()
+        return (int(row[0]), json.loads(row[1])) if row else (0, None)
+
+    def _put_doc(self, store: str, name: str, version: int, body: Mapping[str, Any]) -> None:
+        self.db.execute(
+            "INSERT INTO docs(store, name, version, body) VALUES (?, ?, ?, ?) ON CONFLICT(store, name) "
+            "DO UPDATE SET version = excluded.version, body = excluded.body",
+            (store, name, version, json.dumps(body)),
+        )
+
+    def _republish(self, store: str, topic_name: str, doc_name: str) -> None:
+        body = self._doc(store, doc_name)[1]
+        if body is not None:
+            kind, name = topic_name.split("/")
+            self.link.publish(store_topic(store, kind, name), json.dumps(body).encode(), retain=True)
+
+    def _sync(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
+        if threading.current_thread() is self._thread:
+            return fn()
+        return self.call(fn).result(timeout)
+
+    def publish_catalog(self, store: str, items: Iterable[Mapping[str, Any]], *, currency: str) -> int:
+        """Publish a full catalog snapshot (retained); returns its version."""
+        rows = [dict(i) for i in items]
+
+        def run() -> int:
+            version = self._doc(store, "catalog")[0] + 1
+            self._put_doc(store, "catalog", version, {"version": version, "currency": currency, "items": rows})
+            self._republish(store, "catalog/snapshot", "catalog")
+            return version
+
+        return self._sync(run)
+
+    def change_prices(self, store: str, prices: Mapping[str, int]) -> int:
+        """Publish a price delta and the updated retained snapshot; returns the new version."""
+
+        def run() -> int:
+            base, snap = self._doc(store, "catalog")
+            if snap is None:
+                raise InputError(f"no catalog published for store {store}")
+            version = base + 1
+            for item in snap["items"]:
+                if item["sku"] in prices:
+                    item["price"] = prices[item["sku"]]
+            snap["version"] = version
+            delta = {"version": version, "base_version": base, "currency": snap["currency"],
+                     "prices": [{"sku": s, "price": p} for s, p in prices.items()]}  # fmt: skip
+            self._put_doc(store, "catalog", version, snap)
+            self.link.publish(store_topic(store, "catalog", "delta"), json.dumps(delta).encode())
+            self._republish(store, "catalog/snapshot", "catalog")
+            return version
+
+        return self._sync(run)
+
+    def publish_promotions(self, store: str, promotions: list[dict[str, Any]]) -> int:
+        def run() -> int:
+            version = self._doc(store, "promotions")[0] + 1
+            self._put_doc(store, "promotions", version, {"version": version, "promotions": promotions})
+            self._republish(store, "promotions/snapshot", "promotions")
+            return version
+
+        return self._sync(run)
+
+    def set_stock(self, store: str, channel: str, sku: str, level: Decimal) -> None:
+        """Set the central stock of a SKU in one channel (goods received, online allocation)."""
+
+        def run() -> None:
+            self.db.execute(
+                "INSERT INTO stock(store, channel, sku, level_milli) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(store, channel, sku) DO UPDATE SET level_milli = excluded.level_milli",
+                (store, channel, sku, qty_to_milli(level)),
+            )
+            self._publish_stock(store, sku)
+
+        self._sync(run)
+
+    def place_order(self, store: str, order_id: str, lines: Mapping[str, Decimal], *, status: str = "placed") -> int:
+        """Publish an online pickup order (retained) and the stock it reserves; returns its version."""
+
+        def run() -> int:
+            row = self.db.execute("SELECT version FROM orders WHERE store = ? AND id = ?", (store, order_id)).fetchone()
+            version = (int(row[0]) if row else 0) + 1
+            doc = {"id": order_id, "version": version, "status": status, "time": self._now(),
+                   "lines": [{"sku": s, "qty": str(q)} for s, q in lines.items()]}  # fmt: skip
+            self.db.execute(
+                "INSERT INTO orders(store, id, version, status, body) VALUES (?, ?, ?, ?, ?) ON CONFLICT(store, id) "
+                "DO UPDATE SET version = excluded.version, status = excluded.status, body = excluded.body",
+                (store, order_id, version, status, json.dumps(doc)),
+            )
+            self.link.publish(store_topic(store, "orders", sku_segment(order_id)), json.dumps(doc).encode(),
+                              retain=True)  # fmt: skip
+            for sku in lines:
+                self._publish_stock(store, sku)
+            return version
+
+        return self._sync(run)
+
+    def desire_config(self, store: str, device: str, values: Mapping[str, Any]) -> int:
+        """Publish desired config values for a device (retained); returns the version."""
+
+        def run() -> int:
+            version = self._counter(f"config/{store}/{device}", bump=True)
+            body = {"version": version, "values": dict(values)}
+            self.link.publish(f"{PREFIX}/{store}/{device}/cfg/desired", json.dumps(body).encode(), retain=True)
+            return version
+
+        return self._sync(run)
+
+    def command(
+        self, store: str, device: str, name: str, args: Mapping[str, Any] | None = None, *, expiry: int = 30
+    ) -> Future[dict[str, Any]]:
+        """Send a command; the future gets the device's response."""
+        correlation = uuid.uuid4().bytes
+        fut: Future[dict[str, Any]] = Future()
+
+        def run() -> None:
+            props = message_properties(ResponseTopic=f"{_HUB_PREFIX}/res/{name}", CorrelationData=correlation,
+                                       MessageExpiryInterval=expiry, ContentType="application/json")  # fmt: skip
+            self._waiting[correlation] = fut
+            body = json.dumps({"args": dict(args or {}), "issued_at": self._now()}).encode()
+            if self.link.publish(f"{PREFIX}/{store}/{device}/cmd/{name}", body, properties=props) is None:
+                self._waiting.pop(correlation, None)
+                fut.set_exception(TillboxError("the hub is not connected"))
+
+        self.call(run)
+        return fut
+
+    # -- queries (any thread; a fresh read connection) -------------------------------------------
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True) as conn:
+            rows = conn.execute(sql, args).fetchall()
+        conn.close()
+        return [tuple(r) for r in rows]
+
+    def contiguous(self, store: str, device: str) -> int:
+        rows = self.query("SELECT contiguous FROM devices WHERE store = ? AND device = ?", (store, device))
+        return int(rows[0][0]) if rows else 0
+
+    def sale_count(self, store: str | None = None) -> int:
+        if store is None:
+            return int(self.query("SELECT count(*) FROM sales")[0][0])
+        return int(self.query("SELECT count(*) FROM sales WHERE store = ?", (store,))[0][0])
+
+    def stock_level(self, store: str, sku: str, channel: str = STORE_CHANNEL) -> Decimal:
+        rows = self.query("SELECT level_milli FROM stock WHERE store = ? AND channel = ? AND sku = ?",
+                          (store, channel, sku))  # fmt: skip
+        return milli_to_qty(int(rows[0][0])) if rows else Decimal(0)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``tillbox hub``: run the hub in the foreground until SIGTERM or SIGINT."""
+    import signal
+
+    link = LinkSettings.from_urls(args.broker, args.client_id)
+    hub = Hub(args.data_dir, link)
+
+    def stop(signum: int, frame: object) -> None:
+        hub.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("hub on %s, data in %s", ", ".join(args.broker), args.data_dir)
+    try:
+        hub.run()
+    finally:
+        hub.close()
+    return 0

@@ -1,0 +1,265 @@
+"""JSON Schemas (draft 2020-12) of every payload in the MQTT contract.
+
+The schemas are defined here, in code, and written to ``docs/schemas/*.json`` by
+``python -m sync.schemas --write docs/schemas`` (a test checks the files are
+current). Inbound payloads are validated against them before anything is applied.
+Quantities are decimal strings, money is integer minor units; floats never occur.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any, Final
+
+from jsonschema import Draft202012Validator
+
+from appliance.errors import InputError
+
+DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
+
+_QTY = {"type": "string", "pattern": r"^-?[0-9]{1,12}(\.[0-9]{1,3})?$", "description": "Decimal quantity."}
+_MINOR = {"type": "integer", "description": "Money in integer minor units of the currency."}
+_TIME = {"type": "string", "format": "date-time", "maxLength": 40}
+_SKU = {"type": "string", "minLength": 1, "maxLength": 64}
+_UUID = {"type": "string", "pattern": r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"}
+_VERSION = {"type": "integer", "minimum": 1, "maximum": 2**53 - 1}
+_SEQ = {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}
+_SLUG = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9-]{0,31}$"}
+_TEXT = {"type": "string", "maxLength": 200}
+
+
+def _obj(props: Mapping[str, Any], required: Sequence[str] = (), **extra: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": dict(props), "required": list(required),
+            "additionalProperties": False, **extra}  # fmt: skip
+
+
+def _doc(title: str, description: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {"$schema": DIALECT, "$id": f"urn:tillbox:schema:{title}", "title": title,
+            "description": description, **body}  # fmt: skip
+
+
+_ITEM = _obj(
+    {
+        "sku": _SKU,
+        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+        "price": {**_MINOR, "minimum": 0},
+        "barcodes": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 64},
+                     "minItems": 1, "maxItems": 32},
+        "tax_class": {"type": "string", "minLength": 1, "maxLength": 64},
+        "unit": {"enum": ["each", "kg"]},
+        "department": {"type": "string", "maxLength": 64},
+        "age_restricted": {"type": "boolean"},
+        "active": {"type": "boolean"},
+    },
+    ["sku", "name", "price", "barcodes", "tax_class"],
+)  # fmt: skip
+
+_SALE_LINE = {
+    "type": "object",
+    "required": ["line", "sku", "name", "qty", "unit_price", "amount", "discount", "tax", "total", "tax_class",
+                 "voided"],
+    "properties": {
+        "line": {"type": "integer", "minimum": 1}, "sku": _SKU, "name": _TEXT, "qty": _QTY,
+        "unit_price": _MINOR, "amount": _MINOR, "discount": _MINOR, "tax": _MINOR, "total": _MINOR,
+        "tax_class": {"type": "string"}, "voided": {"type": "boolean"},
+    },
+}  # fmt: skip
+
+_SALE = {
+    "type": "object",
+    "required": ["id", "number", "store", "device", "currency", "completed_at", "lines", "tenders", "subtotal",
+                 "discount", "tax", "total", "rounding", "change"],
+    "properties": {
+        "id": _UUID, "number": {"type": "integer", "minimum": 1}, "store": _SLUG, "device": _SLUG,
+        "cashier": {"type": ["string", "null"]}, "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+        "started_at": {"type": ["string", "null"]}, "completed_at": _TIME,
+        "lines": {"type": "array", "items": _SALE_LINE, "minItems": 1},
+        "tenders": {"type": "array", "items": {
+            "type": "object", "required": ["kind", "amount"],
+            "properties": {"kind": {"type": "string"}, "amount": _MINOR},
+        }},
+        "subtotal": _MINOR, "discount": _MINOR, "tax": _MINOR, "total": _MINOR, "rounding": _MINOR,
+        "change": _MINOR,
+    },
+}  # fmt: skip
+
+_MOVE = _obj({"sku": _SKU, "delta": _QTY, "level": _QTY}, ["sku", "delta", "level"])
+
+#: Event type -> schema of its ``data``.
+EVENT_DATA: Final[dict[str, dict[str, Any]]] = {
+    "tillbox.sale.completed": _SALE,
+    "tillbox.sale.voided": {"type": "object", "required": ["id", "reason"],
+                            "properties": {"id": _UUID, "reason": _TEXT}},
+    "tillbox.stock.moved": {
+        "type": "object", "required": ["reason", "moves"],
+        "properties": {"reason": {"type": "string", "maxLength": 32}, "sale_id": _UUID,
+                       "moves": {"type": "array", "items": _MOVE, "minItems": 1}},
+    },
+    "tillbox.ledger.head": _obj(
+        {"seq": {"type": "integer", "minimum": 1}, "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+        ["seq", "hash"],
+    ),
+    "tillbox.alert.raised": _obj(
+        {"code": {"type": "string", "maxLength": 64}, "severity": {"enum": ["info", "warning", "critical"]},
+         "message": {"type": "string", "maxLength": 1000}},
+        ["code", "severity", "message"],
+    ),
+    "tillbox.alert.cleared": _obj(
+        {"code": {"type": "string", "maxLength": 64}, "note": {"type": "string", "maxLength": 1000}}, ["code"]
+    ),
+    "tillbox.reconcile.requested": _obj(
+        {"journal_seq": _SEQ, "time": _TIME}, ["journal_seq"]
+    ),
+    "tillbox.catalog.snapshot_requested": _obj(
+        {"have_version": _SEQ, "wanted_version": _SEQ, "reason": _TEXT}, ["have_version"]
+    ),
+}  # fmt: skip
+
+
+def _event_schema(*, with_data: bool = True) -> dict[str, Any]:
+    branches = [
+        {"if": {"properties": {"type": {"const": t}}}, "then": {"properties": {"data": s}}}
+        for t, s in EVENT_DATA.items()
+    ]
+    return _doc(
+        "cloudevent",
+        "A business event: CloudEvents 1.0, JSON structured mode, with the sequence and store extensions.",
+        {
+            "type": "object",
+            "required": ["specversion", "id", "source", "type", "time", "datacontenttype", "data", "sequence",
+                         "store"],
+            "properties": {
+                "specversion": {"const": "1.0"},
+                "id": {**_UUID, "description": "UUIDv7 of the outbox entry: the idempotency key."},
+                "source": {"type": "string", "pattern": r"^/tillbox/[a-z0-9][a-z0-9-]*/[a-z0-9][a-z0-9-]*$"},
+                "type": {"type": "string", "pattern": r"^tillbox\.[a-z_]+(\.[a-z_]+)+$"},
+                "time": _TIME,
+                "subject": {"type": "string", "maxLength": 128},
+                "datacontenttype": {"const": "application/json"},
+                "sequence": {**_SEQ, "minimum": 1, "description": "Per-device, gap-free, from 1."},
+                "store": _SLUG,
+                "data": {"type": "object"},
+            },
+            "additionalProperties": False,
+            **({"allOf": branches} if with_data else {}),
+        },
+    )  # fmt: skip
+
+
+SCHEMAS: Final[dict[str, dict[str, Any]]] = {
+    "cloudevent": _event_schema(),
+    "status": _doc("status", "Retained online/offline status; also the Will.", _obj(
+        {"online": {"type": "boolean"}, "session": {"type": "integer", "minimum": 1}}, ["online", "session"])),
+    "state": _doc("state", "Retained device state.", _obj(
+        {
+            "time": _TIME, "session": {"type": "integer", "minimum": 1},
+            "versions": _obj({"tillbox": {"type": "string"}, "schema": {"type": "integer"}}, ["tillbox", "schema"]),
+            "backlog": _obj({"size": _SEQ, "oldest_age_s": {"type": "integer", "minimum": 0}},
+                            ["size", "oldest_age_s"]),
+            "last_seq": _SEQ, "last_acked_seq": _SEQ, "catalog_version": _SEQ, "promotions_version": _SEQ,
+            "config_version": _SEQ,
+            "health": {"type": "object", "additionalProperties": {"enum": ["ok", "degraded", "unavailable"]}},
+            "alerts": {"type": "array", "items": {"type": "string"}},
+        },
+        ["time", "session", "versions", "backlog", "last_seq", "last_acked_seq", "health", "alerts"],
+    )),
+    "ack": _doc("ack", "End-to-end ack from the hub: every event up to seq was received (retained).", _obj(
+        {"seq": _SEQ, "time": _TIME}, ["seq"])),
+    "reconcile-response": _doc("reconcile-response", "The hub's view of a device at a reconcile request.", _obj(
+        {"request_seq": _SEQ, "contiguous": _SEQ, "sales": _SEQ,
+         "stock": {"type": "object", "propertyNames": _SKU, "additionalProperties": _QTY}, "time": _TIME},
+        ["request_seq", "contiguous", "sales", "stock"],
+    )),
+    "command": _doc("command", "A command to a device (MQTT 5 response topic and correlation data).", _obj(
+        {"args": {"type": "object", "maxProperties": 16}, "issued_at": _TIME}, [])),
+    "command-response": _doc("command-response", "The reply to a command, on its response topic.", _obj(
+        {"ok": {"type": "boolean"}, "command": {"type": "string"}, "result": {"type": "object"},
+         "error": {"type": "string"}}, ["ok", "command"])),
+    "config-desired": _doc("config-desired", "Desired configuration values (retained), by dotted key.", _obj(
+        {"version": _VERSION,
+         "values": {"type": "object", "maxProperties": 64,
+                    "propertyNames": {"pattern": r"^[a-z_]+(\.[a-z0-9_]+)+$"},
+                    "additionalProperties": {"type": ["string", "integer", "boolean", "array"]}}},
+        ["version", "values"])),
+    "config-reported": _doc("config-reported", "What the device did with the desired configuration.", _obj(
+        {"version": _SEQ, "status": {"enum": ["accepted", "rejected"]},
+         "errors": {"type": "array", "items": {"type": "string"}}, "values": {"type": "object"}, "time": _TIME},
+        ["version", "status"])),
+    "catalog-snapshot": _doc("catalog-snapshot", "The whole catalog at a version (retained).", _obj(
+        {"version": _VERSION, "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+         "items": {"type": "array", "items": _ITEM, "maxItems": 200000}},
+        ["version", "currency", "items"])),
+    "catalog-delta": _doc("catalog-delta", "Changes from base_version to version.", _obj(
+        {"version": _VERSION, "base_version": _SEQ, "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+         "upsert": {"type": "array", "items": _ITEM, "maxItems": 50000},
+         "prices": {"type": "array", "maxItems": 50000,
+                    "items": _obj({"sku": _SKU, "price": {**_MINOR, "minimum": 0}}, ["sku", "price"])},
+         "deactivate": {"type": "array", "items": _SKU, "maxItems": 50000}},
+        ["version", "base_version", "currency"])),
+    "promotions-snapshot": _doc("promotions-snapshot", "All promotions at a version (retained).", _obj(
+        {"version": _VERSION,
+         "promotions": {"type": "array", "maxItems": 10000,
+                        "items": {"type": "object", "required": ["id"],
+                                  "properties": {"id": {"type": "string", "minLength": 1, "maxLength": 64}}}}},
+        ["version", "promotions"])),
+    "stock-level": _doc("stock-level", "Central stock of one SKU in the store, per channel (retained).", _obj(
+        {"sku": _SKU, "version": _VERSION, "time": _TIME,
+         "levels": {"type": "object", "maxProperties": 32, "propertyNames": _SLUG, "additionalProperties": _QTY},
+         "reserved": _QTY},
+        ["sku", "version", "levels", "reserved"])),
+    "pickup-order": _doc("pickup-order", "An online order to be picked up in the store (retained).", _obj(
+        {"id": {"type": "string", "minLength": 1, "maxLength": 64}, "version": _VERSION,
+         "status": {"enum": ["placed", "ready", "collected", "cancelled"]}, "time": _TIME,
+         "customer": {"type": "string", "maxLength": 200},
+         "lines": {"type": "array", "minItems": 1, "maxItems": 500,
+                   "items": _obj({"sku": _SKU, "qty": _QTY}, ["sku", "qty"])}},
+        ["id", "version", "status", "lines"])),
+}  # fmt: skip
+
+
+#: The envelope alone, without the per-type ``data`` rules (not published as a document).
+_INTERNAL: Final = {"cloudevent-envelope": _event_schema(with_data=False)}
+
+
+@cache
+def validator(name: str) -> Draft202012Validator:
+    """A (cached) validator for one schema of :data:`SCHEMAS`."""
+    schema = SCHEMAS[name] if name in SCHEMAS else _INTERNAL[name]
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def validate(name: str, instance: object) -> None:
+    """Raise :class:`InputError` naming the first problem when ``instance`` does not match."""
+    error = next(iter(sorted(validator(name).iter_errors(instance), key=lambda e: list(e.path))), None)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        raise InputError(f"{name}: {where}: {error.message[:200]}")
+
+
+def write_docs(directory: Path) -> list[Path]:
+    """Write every schema as ``<name>.json``; returns the paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, schema in SCHEMAS.items():
+        path = directory / f"{name}.json"
+        path.write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) == 2 and args[0] == "--write":
+        for path in write_docs(Path(args[1])):
+            sys.stdout.write(f"{path}\n")
+        return 0
+    sys.stderr.write("usage: python -m sync.schemas --write DIR\n")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

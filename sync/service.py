@@ -1,0 +1,425 @@
+"""The sync service: one thread that owns the MQTT link, the outbox relay and inbound handling.
+
+Everything runs on the service's own thread: paho callbacks, ledger writes
+(through the service's own :class:`~appliance.ledger.Ledger` connection), health
+checks. Other threads talk to it only through :meth:`SyncService.call`. No sale
+path ever waits on it: sales are committed to the ledger first and the relay
+picks them up from the outbox.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import paho.mqtt.client as mqtt
+
+from appliance import __version__
+from appliance.alerts import active_alerts, clear_alert, raise_alert
+from appliance.clock import Clock, SystemClock, iso_utc
+from appliance.config import Config
+from appliance.errors import ConfigError, InputError, TillboxError
+from appliance.ledger import Ledger
+from sync import reconcile
+from sync.contract import device_topic
+from sync.inbound import Inbound, InboundPolicy, Rejected, doc_version
+from sync.link import LinkSettings, MqttLink, message_properties, read_password
+from sync.relay import OutboxRelay
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+CommandHandler = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+
+ALERT_BACKLOG: Final = "sync.backlog_old"
+ALERT_ACK: Final = "sync.ack_invalid"
+COMMANDS: Final = ("open_drawer", "reprint", "refresh", "reconcile")
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    """Timing and limits of the service (from ``[sync]``; tests shorten them)."""
+
+    window: int = 100
+    ack_timeout: float = 60.0
+    backlog_alert_after: float = 900.0
+    health_interval: float = 5.0
+    poll_interval: float = 0.01
+    retention_days: int = 30
+    prune_interval: float = 3600.0
+    reconcile_interval: float | None = 3600.0
+    response_expiry: int = 60
+
+
+def settings_from_config(config: Config, data_dir: Path, brokers: tuple[str, ...] = ()) -> LinkSettings:
+    """Link settings from ``[sync]``; ``brokers`` overrides the configured list."""
+    s = config.sync
+
+    def path(value: str) -> str | None:
+        return str(data_dir / value) if value else None
+
+    password = read_password(data_dir / s.password_file) if s.password_file else None
+    return LinkSettings.from_urls(
+        list(brokers or s.brokers), s.client_id or f"tillbox-{config.store.id}-{config.store.device_id}",
+        keepalive=s.keepalive, username=s.username or None, password=password, tls_ca_file=path(s.tls_ca_file),
+        tls_cert_file=path(s.tls_cert_file), tls_key_file=path(s.tls_key_file),
+        session_expiry=s.session_expiry_hours * 3600, backoff_cap=float(s.reconnect_max_delay),
+        inflight=s.inflight_window,
+    )  # fmt: skip
+
+
+def options_from_config(config: Config) -> SyncOptions:
+    s = config.sync
+    return SyncOptions(
+        window=s.inflight_window, ack_timeout=float(s.ack_timeout), backlog_alert_after=s.backlog_alert_minutes * 60.0,
+        retention_days=config.ledger.outbox_retention_days, reconcile_interval=s.reconcile_minutes * 60.0,
+    )  # fmt: skip
+
+
+class SyncService:
+    """Relays the outbox to the shop and applies what the shop sends; a context manager."""
+
+    def __init__(
+        self,
+        ledger_path: Path,
+        *,
+        store: str,
+        device: str,
+        link: LinkSettings,
+        policy: InboundPolicy,
+        options: SyncOptions | None = None,
+        clock: Clock | None = None,
+        commands: Mapping[str, CommandHandler] | None = None,
+        on_change: Callable[[str], None] = lambda kind: None,
+        health: Callable[[], Mapping[str, str]] = dict,
+    ) -> None:
+        self.options = options or SyncOptions()
+        self.clock = clock or SystemClock()
+        self.ledger = Ledger(ledger_path, store_id=store, device_id=device, create=False)
+        try:
+            self.store, self.device = store, device
+            self._commands = dict(commands or {})
+            self._on_change = on_change
+            self._health = health
+            self._wake = threading.Event()
+            self._stop = threading.Event()
+            self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+            self._thread: threading.Thread | None = None
+            link = replace(link, inflight=min(link.inflight, self.options.window))
+            self.link = MqttLink(
+                link, next_session=self._next_session, will=self._will, on_connect=self._connected,
+                on_disconnect=self._disconnected, on_message=self._message, on_published=self._published,
+                clock=self.clock, wake=self._wake,
+            )  # fmt: skip
+            self.relay = OutboxRelay(
+                self.ledger, self._publish_event, clock=self.clock, window=self.options.window,
+                ack_timeout=self.options.ack_timeout,
+            )  # fmt: skip
+            self.inbound = Inbound(
+                self.ledger, policy, clock=self.clock, on_change=self._changed, report_config=self._report_config
+            )
+            self._last_state: dict[str, Any] | None = None
+            now = self.clock.monotonic()
+            self._next_health = now
+            self._next_prune = now
+            self._next_reconcile = now + (self.options.reconcile_interval or 0)
+            self.reconcile_results: list[list[str]] = []
+        except BaseException:
+            self.ledger.close()
+            raise
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        data_dir: Path,
+        *,
+        brokers: tuple[str, ...] = (),
+        clock: Clock | None = None,
+        link: LinkSettings | None = None,
+        **kw: Any,
+    ) -> SyncService:
+        """A service for the till configured in ``config`` with its ledger in ``data_dir``.
+
+        ``link`` replaces the link settings derived from ``[sync]`` (and ``brokers``).
+        """
+        policy = InboundPolicy(
+            currency=config.currency, tax_classes=tuple(config.tax.classes.keys()), layouts=config.barcode_layouts(),
+            max_price=config.sale.max_line_amount, max_bytes=config.sync.max_inbound_bytes,
+        )  # fmt: skip
+        kw.setdefault("options", options_from_config(config))
+        return cls(
+            config.ledger_path(data_dir), store=config.store.id, device=config.store.device_id,
+            link=link or settings_from_config(config, data_dir, brokers), policy=policy, clock=clock, **kw,
+        )  # fmt: skip
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> SyncService:
+        """Run the service on its own thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self.run, name=f"sync-{self.device}", daemon=True)
+            self._thread.start()
+        return self
+
+    def run(self) -> None:
+        """The loop; returns after :meth:`close` (or :meth:`stop`)."""
+        try:
+            while not self._stop.is_set():
+                self.link.step(self.options.poll_interval)
+                self._run_calls()
+                self.relay.pump()
+                self.relay.flush()
+                self._periodic()
+            self.relay.flush(force=True)
+            self.link.close(final=self._status(False))
+        finally:
+            self._run_calls()
+
+    def stop(self) -> None:
+        """Ask the loop to finish (it publishes offline and disconnects)."""
+        self._stop.set()
+        self._wake.set()
+
+    def close(self) -> None:
+        """Stop the loop, wait for it, close the ledger; idempotent."""
+        self.stop()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(10)
+        self.ledger.close()
+
+    def __enter__(self) -> SyncService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, fn: Callable[[], T]) -> Future[T]:
+        """Run ``fn`` on the service thread; the future gets its result."""
+        fut: Future[T] = Future()
+
+        def run() -> None:
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn())
+                except BaseException as exc:
+                    fut.set_exception(exc)
+
+        self._calls.put(run)
+        self._wake.set()
+        return fut
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                fn = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            fn()
+
+    # -- link callbacks --------------------------------------------------------------------------
+
+    def _topic(self, klass: str, name: str) -> str:
+        return device_topic(self.store, self.device, klass, name)
+
+    def _status(self, online: bool) -> tuple[str, bytes]:
+        body = json.dumps({"online": online, "session": self.link.session}).encode()
+        return self._topic("status", "connection"), body
+
+    def _will(self, session: int) -> tuple[str, bytes]:
+        return self._topic("status", "connection"), json.dumps({"online": False, "session": session}).encode()
+
+    def _next_session(self) -> int:
+        with self.ledger.transaction("counting sync sessions") as tx:
+            value = self.ledger.counter("sync_session") + 1
+            tx.set_counter("sync_session", value)
+        return value
+
+    def _connected(self, session: int) -> None:
+        topics = [(t, 1) for t in self.inbound.topics()]
+        topics += [(self._topic("res", "ack"), 1), (self._topic("res", "reconcile"), 1), (self._topic("cmd", "+"), 1)]
+        self.link.subscribe(topics)
+        topic, body = self._status(True)
+        self.link.publish(topic, body, retain=True)
+        self._last_state = None
+        self.publish_state()
+        self.relay.connected()
+
+    def _disconnected(self) -> None:
+        self.relay.disconnected()
+
+    def _published(self, mid: int) -> None:
+        self.relay.on_published(mid)
+
+    def _publish_event(self, topic: str, payload: bytes, props: Any) -> int | None:
+        return self.link.publish(topic, payload, qos=1, properties=props)
+
+    def _message(self, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._dispatch(msg)
+        except Exception:
+            log.exception("handling the message on %s failed", msg.topic)
+
+    def _dispatch(self, msg: mqtt.MQTTMessage) -> None:
+        topic, payload = msg.topic, bytes(msg.payload)
+        if topic == self._topic("res", "ack"):
+            self._ack(topic, payload)
+        elif topic == self._topic("res", "reconcile"):
+            try:
+                doc = self.inbound.parse(topic, payload, "reconcile-response")
+            except Rejected as exc:
+                self.inbound.reject(topic, payload, str(exc))
+                return
+            result = reconcile.settle(self.ledger, doc, acked=self.relay.acked, time=self._now())
+            if result is not None:
+                self.reconcile_results.append(result)
+        elif topic.startswith(self._topic("cmd", "")):
+            self._command(msg)
+        else:
+            self.inbound.handle(topic, payload)
+
+    def _ack(self, topic: str, payload: bytes) -> None:
+        if not payload:
+            return
+        try:
+            seq = int(self.inbound.parse(topic, payload, "ack")["seq"])
+            self.relay.on_ack(seq)
+        except Rejected as exc:
+            self.inbound.reject(topic, payload, str(exc))
+        except ValueError as exc:
+            self.inbound.reject(topic, payload, str(exc), alert=False)
+            raise_alert(self.ledger, ALERT_ACK, str(exc), time=self._now(), severity="critical")
+
+    def _command(self, msg: mqtt.MQTTMessage) -> None:
+        topic, payload = msg.topic, bytes(msg.payload)
+        name = topic.rsplit("/", 1)[1]
+        response_topic = getattr(msg.properties, "ResponseTopic", None)
+        correlation = getattr(msg.properties, "CorrelationData", None)
+        try:
+            doc = self.inbound.parse(topic, payload, "command")
+            if name not in COMMANDS:
+                raise Rejected(f"unknown command {name!r}")
+            result = self._run_command(name, doc.get("args", {}))
+            reply: dict[str, Any] = {"ok": True, "command": name, "result": dict(result)}
+        except Rejected as exc:
+            self.inbound.reject(topic, payload, str(exc))
+            reply = {"ok": False, "command": name, "error": str(exc)}
+        except TillboxError as exc:
+            reply = {"ok": False, "command": name, "error": str(exc)}
+        if response_topic:
+            props = message_properties(ContentType="application/json",
+                                       MessageExpiryInterval=self.options.response_expiry)  # fmt: skip
+            if correlation is not None:
+                props.CorrelationData = correlation
+            self.link.publish(str(response_topic), json.dumps(reply).encode(), qos=1, properties=props)
+
+    def _run_command(self, name: str, args: Mapping[str, Any]) -> Mapping[str, Any]:
+        if name == "refresh":
+            self._last_state = None
+            return {"state": self.publish_state()}
+        if name == "reconcile":
+            return {"request_seq": reconcile.request(self.ledger, time=self._now())}
+        handler = self._commands.get(name)
+        if handler is None:
+            raise InputError(f"{name} is not available on this device")
+        return handler(args)
+
+    def _report_config(self, doc: dict[str, Any]) -> None:
+        self.link.publish(self._topic("cfg", "reported"), json.dumps(doc).encode(), retain=True)
+
+    def _changed(self, kind: str) -> None:
+        try:
+            self._on_change(kind)
+        except Exception:
+            log.exception("change listener failed for %s", kind)
+
+    # -- periodic work ---------------------------------------------------------------------------
+
+    def _now(self) -> str:
+        return iso_utc(self.clock.now())
+
+    def _periodic(self) -> None:
+        now = self.clock.monotonic()
+        if now >= self._next_health:
+            self._next_health = now + self.options.health_interval
+            self.check_backlog()
+            self.publish_state()
+        if now >= self._next_prune:
+            self._next_prune = now + self.options.prune_interval
+            self.prune()
+        interval = self.options.reconcile_interval
+        if interval and now >= self._next_reconcile and self.link.connected:
+            self._next_reconcile = now + interval
+            reconcile.request(self.ledger, time=self._now())
+
+    def check_backlog(self) -> tuple[int, int]:
+        """Raise the backlog alert when the oldest unacknowledged event is too old; clear it when drained."""
+        size, age = self.relay.backlog()
+        limit = self.options.backlog_alert_after
+        if age > limit:
+            raise_alert(self.ledger, ALERT_BACKLOG, f"events not confirmed by the shop for over {int(limit)} s",
+                        time=self._now())  # fmt: skip
+        elif age <= limit / 2:
+            clear_alert(self.ledger, ALERT_BACKLOG, time=self._now(), note=f"backlog {size}, oldest {age} s")
+        return size, age
+
+    def prune(self) -> int:
+        """Delete acknowledged events older than the retention period."""
+        cutoff = iso_utc(self.clock.now() - timedelta(days=self.options.retention_days))
+        return self.ledger.prune_outbox(cutoff)
+
+    def state(self) -> dict[str, Any]:
+        """The retained device state document."""
+        size, age = self.relay.backlog()
+        health = {"sync": "ok" if self.link.connected else "degraded", **self._health()}
+        return {
+            "time": self._now(),
+            "session": max(1, self.link.session),
+            "versions": {"tillbox": __version__, "schema": self.ledger.schema_version},
+            "backlog": {"size": size, "oldest_age_s": age},
+            "last_seq": self.relay.last_seq(),
+            "last_acked_seq": self.relay.acked,
+            "catalog_version": doc_version(self.ledger, "catalog"),
+            "promotions_version": doc_version(self.ledger, "promotions"),
+            "config_version": doc_version(self.ledger, "config"),
+            "health": health,
+            "alerts": [a.code for a in active_alerts(self.ledger)],
+        }
+
+    def publish_state(self) -> dict[str, Any]:
+        """Publish the retained state when it changed (ignoring the timestamp)."""
+        state = self.state()
+        same = {k: v for k, v in state.items() if k != "time"}
+        if self.link.connected and same != self._last_state:
+            self.link.publish(self._topic("state", "device"), json.dumps(state).encode(), retain=True)
+            self._last_state = same
+        return state
+
+
+def run_service(config: Config, data_dir: Path, brokers: tuple[str, ...] = ()) -> int:
+    """Run the service in the foreground until SIGTERM or SIGINT (``python -m sync relay``)."""
+    import signal
+
+    if not (brokers or config.sync.brokers):
+        raise ConfigError("no broker: give --broker or set [sync] brokers")
+    service = SyncService.from_config(config, data_dir, brokers=brokers)
+
+    def stop(signum: int, frame: object) -> None:
+        service.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        service.run()
+    finally:
+        service.close()
+    return 0
