@@ -114,18 +114,14 @@ class VariableMeasureLayout:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"variable-measure {name} must be a non-negative integer, got {value!r}")
         if self.item_digits < 1 or self.value_digits < 1:
-            raise ConfigError(
-                f"variable-measure layout {self.prefix}: item and value need at least one digit"
-            )
+            raise ConfigError(f"variable-measure layout {self.prefix}: item and value need at least one digit")
         if self.kind == "weight" and self.value_decimals > self.value_digits:
             raise ConfigError(
                 f"variable-measure layout {self.prefix}: {self.value_decimals} decimals "
                 f"in a {self.value_digits}-digit value"
             )
         if self.price_check_digit and self.value_digits not in (4, 5):
-            raise ConfigError(
-                f"variable-measure layout {self.prefix}: a price check digit needs a 4- or 5-digit value"
-            )
+            raise ConfigError(f"variable-measure layout {self.prefix}: a price check digit needs a 4- or 5-digit value")
         total = len(self.prefix) + self.item_digits + int(self.price_check_digit) + self.value_digits + 1
         if total != 13:
             raise ConfigError(f"variable-measure layout {self.prefix} adds up to {total} digits, not 13")

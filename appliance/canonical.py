@@ -10,9 +10,7 @@ def _reject(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not allowed in canonical JSON")
 
 
-_ENCODER = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_reject
-)
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_reject)
 
 
 def canonical_json(value: Any) -> str:

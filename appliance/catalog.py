@@ -54,8 +54,7 @@ class Catalog:
     def _item(self, row: Sequence[object]) -> Item:
         sku = str(row[0])
         codes = tuple(
-            str(r[0])
-            for r in self._conn.execute("SELECT code FROM barcodes WHERE sku = ? ORDER BY code", (sku,))
+            str(r[0]) for r in self._conn.execute("SELECT code FROM barcodes WHERE sku = ? ORDER BY code", (sku,))
         )
         unit: Unit = "kg" if row[4] == "kg" else "each"
         return Item(

@@ -116,9 +116,7 @@ class _Validator:
         unknown = [k for k in raw if k not in REQUIRED and k not in OPTIONAL]
         if unknown:
             hint = difflib.get_close_matches(unknown[0], REQUIRED + OPTIONAL, n=1)
-            raise InputError(
-                f"unknown field {unknown[0]!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-            )
+            raise InputError(f"unknown field {unknown[0]!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
         sku = _text(raw.get("sku"), "sku", limit=64)
         name = _text(raw.get("name"), "name", limit=200)
         price_raw = raw.get("price")
@@ -134,9 +132,7 @@ class _Validator:
         tax_class = _text(raw.get("tax_class"), "tax_class", limit=64)
         if tax_class not in self.tax_classes:
             hint = difflib.get_close_matches(tax_class, sorted(self.tax_classes), n=1)
-            raise InputError(
-                f"unknown tax_class {tax_class!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-            )
+            raise InputError(f"unknown tax_class {tax_class!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
         unit = _text(raw.get("unit") or "each", "unit", limit=8)
         if unit not in ("each", "kg"):
             raise InputError(f"unit must be 'each' or 'kg', not {unit!r}")
@@ -171,9 +167,7 @@ def _read_csv(path: Path) -> Iterator[tuple[int, Mapping[str, Any] | InputError]
             raise InputError(f"{path.name} is empty") from None
         missing = [c for c in REQUIRED if c not in header]
         if missing:
-            raise InputError(
-                f"{path.name}: header lacks column(s) {', '.join(missing)}; it needs {','.join(REQUIRED)}"
-            )
+            raise InputError(f"{path.name}: header lacks column(s) {', '.join(missing)}; it needs {','.join(REQUIRED)}")
         for row in reader:
             line = reader.line_num
             if not any(cell.strip() for cell in row):

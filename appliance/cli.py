@@ -48,15 +48,11 @@ def _common() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    parser = argparse.ArgumentParser(
-        prog="tillbox", description="Raspberry Pi till and self-checkout appliance."
-    )
+    parser = argparse.ArgumentParser(prog="tillbox", description="Raspberry Pi till and self-checkout appliance.")
     parser.add_argument("--version", action="version", version=f"tillbox {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    catalog = sub.add_parser("catalog", help="manage the item catalog").add_subparsers(
-        dest="action", required=True
-    )
+    catalog = sub.add_parser("catalog", help="manage the item catalog").add_subparsers(dest="action", required=True)
     imp = catalog.add_parser("import", parents=[common], help="import items from CSV or JSON Lines")
     imp.add_argument("file", type=Path)
     imp.add_argument("--skip-bad", action="store_true", help="import the good rows and report the bad ones")
@@ -71,9 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--no-quick-check", action="store_true", help="skip SQLite's file-level check")
 
     sale = sub.add_parser("sale", parents=[common], help="ring a scripted test sale")
-    sale.add_argument(
-        "--scan", action="append", required=True, metavar="CODE", help="a scanned code (repeat)"
-    )
+    sale.add_argument("--scan", action="append", required=True, metavar="CODE", help="a scanned code (repeat)")
     sale.add_argument(
         "--pay", action="append", required=True, metavar="TENDER",
         help="cash:AMOUNT, cash (exact), card or card:AMOUNT; repeat for split tender",

@@ -294,9 +294,7 @@ class StoreSection(Table):
         pattern=_SLUG,
         allowed=_SLUG_TEXT,
     )
-    device_id: str = text(
-        "Identifier of this till within the store.", "till-1", pattern=_SLUG, allowed=_SLUG_TEXT
-    )
+    device_id: str = text("Identifier of this till within the store.", "till-1", pattern=_SLUG, allowed=_SLUG_TEXT)
     name: str = text("Store name printed at the top of receipts.", "Demo Store", nonempty=True)
     address: tuple[str, ...] = text_list("Address lines printed under the store name on receipts.")
     timezone: str = text(
@@ -448,14 +446,10 @@ class VariableMeasureEntry(Table):
         check=lambda v: None if v == "02" or re.fullmatch(r"2[0-9]", v) else 'is not "02" or "20".."29"',
         allowed='"02" or "20".."29"',
     )
-    kind: LayoutKind = choice(
-        "Whether the value field is a price or a weight.", REQUIRED, get_args(LayoutKind)
-    )
+    kind: LayoutKind = choice("Whether the value field is a price or a weight.", REQUIRED, get_args(LayoutKind))
     item_digits: int = integer("Digits of the item number after the prefix.", 5, lo=1, hi=9)
     value_digits: int = integer("Digits of the price or weight field.", 5, lo=1, hi=9)
-    value_decimals: int = integer(
-        "Implied decimals of the value: 2 for cents, 3 for kilograms in grams.", lo=0, hi=5
-    )
+    value_decimals: int = integer("Implied decimals of the value: 2 for cents, 3 for kilograms in grams.", lo=0, hi=5)
     price_check_digit: bool = boolean("A price check digit sits between item number and value.", False)
 
     def _check(self, given: frozenset[str]) -> Iterator[tuple[str, str]]:
@@ -525,9 +519,7 @@ class LedgerSection(Table):
         get_args(SyncMode),
     )
     outbox_retention_days: int = integer("Days synced outbox entries are kept.", 30, lo=1, hi=3650)
-    wal_autocheckpoint: int = integer(
-        "SQLite WAL auto-checkpoint threshold, in pages.", 1000, lo=100, hi=100000
-    )
+    wal_autocheckpoint: int = integer("SQLite WAL auto-checkpoint threshold, in pages.", 1000, lo=100, hi=100000)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -560,8 +552,12 @@ class SyncSection(Table):
         default_doc='`""` (derived: `tillbox-<store.id>-<store.device_id>`)',
     )
     keepalive: int = integer("MQTT keepalive interval, in seconds.", 60, lo=5, hi=1200)
-    username: str = text("MQTT user name; empty connects without one.", "", pattern=r"[^\s]{0,128}",
-                         allowed="up to 128 characters without spaces")
+    username: str = text(
+        "MQTT user name; empty connects without one.",
+        "",
+        pattern=r"[^\s]{0,128}",
+        allowed="up to 128 characters without spaces",
+    )
     password_file: str = text("File holding the MQTT password (first line); empty for none.", "")
     tls_ca_file: str = text("CA bundle for mqtts:// brokers; empty uses the system CAs.", "")
     tls_cert_file: str = text("Client certificate (PEM) for mqtts:// brokers; empty for none.", "")
@@ -569,23 +565,26 @@ class SyncSection(Table):
     reconnect_max_delay: int = integer(
         "Cap of the reconnect back-off, in seconds (it starts at 1 s and doubles).", 60, lo=1, hi=3600
     )
-    inflight_window: int = integer("Events published but not yet acknowledged by the broker.", 100, lo=1,
-                                   hi=10000)
+    inflight_window: int = integer("Events published but not yet acknowledged by the broker.", 100, lo=1, hi=10000)
     ack_timeout: int = integer(
         "Seconds without an end-to-end ack from the shop before unacknowledged events are sent again.",
-        60, lo=5, hi=86400,
+        60,
+        lo=5,
+        hi=86400,
     )
     backlog_alert_minutes: int = integer(
         "Raise an alert when the oldest unacknowledged event is older than this.", 15, lo=1, hi=10080
     )
-    max_inbound_bytes: int = integer("Largest inbound message accepted, in bytes.", 8_388_608, lo=1024,
-                                     hi=268_435_456)
+    max_inbound_bytes: int = integer("Largest inbound message accepted, in bytes.", 8_388_608, lo=1024, hi=268_435_456)
     session_expiry_hours: int = integer(
-        "How long the broker keeps this till's session (and queued commands) while it is offline.", 24,
-        lo=0, hi=8760,
+        "How long the broker keeps this till's session (and queued commands) while it is offline.",
+        24,
+        lo=0,
+        hi=8760,
     )
-    reconcile_minutes: int = integer("Interval of the stock and sequence reconciliation with the shop.", 60,
-                                     lo=1, hi=10080)
+    reconcile_minutes: int = integer(
+        "Interval of the stock and sequence reconciliation with the shop.", 60, lo=1, hi=10080
+    )
 
     def _check(self, given: frozenset[str]) -> Iterator[tuple[str, str]]:
         if self.enabled and not self.brokers:
@@ -613,9 +612,7 @@ class UiSection(Table):
         unique=True,
         allowed='one or more Babel locale codes, e.g. "en", "de", "pt_BR"',
     )
-    default_language: str = text(
-        "Language shown at start.", "en", check=_check_locale, allowed="one of languages"
-    )
+    default_language: str = text("Language shown at start.", "en", check=_check_locale, allowed="one of languages")
 
     def _check(self, given: frozenset[str]) -> Iterator[tuple[str, str]]:
         if self.default_language not in self.languages:
@@ -640,8 +637,7 @@ class ReturnsSection(Table):
     """[returns]: refunds, returns and exchanges."""
 
     refund_to: RefundTarget = choice(
-        "Where refunds go: original tenders where possible (cards back to the card, rest cash), cash, or "
-        "store credit.",
+        "Where refunds go: original tenders where possible (cards back to the card, rest cash), cash, or store credit.",
         "original",
         get_args(RefundTarget),
     )
@@ -701,16 +697,13 @@ class Config(Table):
         from appliance.tax import Exemption, TaxClass, TaxPolicy, TaxRate
 
         rates = {
-            code: TaxRate(code=code, name=rate.name, percent=rate.percent)
-            for code, rate in self.tax.rates.items()
+            code: TaxRate(code=code, name=rate.name, percent=rate.percent) for code, rate in self.tax.rates.items()
         }
         classes = {
             name: TaxClass(
                 name=name,
                 rates=cls.rates,
-                exemptions=tuple(
-                    Exemption(threshold=e.threshold, mode=e.mode, rates=e.rates) for e in cls.exemptions
-                ),
+                exemptions=tuple(Exemption(threshold=e.threshold, mode=e.mode, rates=e.rates) for e in cls.exemptions),
             )
             for name, cls in self.tax.classes.items()
         }
@@ -914,14 +907,10 @@ class _Parser:
             entries: dict[str, Any] = {}
             for code, item in raw.items():
                 if spec.pattern and not re.fullmatch(spec.pattern, code):
-                    self.problems.append(
-                        f"{dotted}: {spec.key_name} '{code}' is not allowed ({allowed_text(spec)})"
-                    )
+                    self.problems.append(f"{dotted}: {spec.key_name} '{code}' is not allowed ({allowed_text(spec)})")
                     entries[code] = None
                 elif not isinstance(item, Mapping):
-                    self.problems.append(
-                        f"{dotted}.{code}: expected a table, got {_type_name(item)} {_shown(item)}"
-                    )
+                    self.problems.append(f"{dotted}.{code}: expected a table, got {_type_name(item)} {_shown(item)}")
                     entries[code] = None
                 else:
                     entries[code] = self.table(table, item, _Where(f"{dotted}.{code}", f"[{dotted}.{code}]"))
@@ -929,15 +918,11 @@ class _Parser:
                 return _BAD
             return MappingProxyType(entries)
         if not isinstance(raw, list):
-            raise _BadValueError(
-                f"expected an array of tables [[{dotted}]], got {_type_name(raw)} {_shown(raw)}"
-            )
+            raise _BadValueError(f"expected an array of tables [[{dotted}]], got {_type_name(raw)} {_shown(raw)}")
         items: list[Any] = []
         for i, item in enumerate(raw, 1):
             if not isinstance(item, Mapping):
-                self.problems.append(
-                    f"{dotted}[{i}]: expected a table, got {_type_name(item)} {_shown(item)}"
-                )
+                self.problems.append(f"{dotted}[{i}]: expected a table, got {_type_name(item)} {_shown(item)}")
                 items.append(None)
             else:
                 items.append(self.table(table, item, _Where(f"{dotted}[{i}]", f"[[{dotted}]] #{i}")))

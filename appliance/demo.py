@@ -115,9 +115,7 @@ def run_console(till: Till, inp: TextIO, out: TextIO, *, cashier: str = "demo") 
                 sale.discount_line(int(rest[0]), Discount(percent=_decimal(rest[1]), reason="demo", actor=cashier),
                                    till.clock.now())  # fmt: skip
             elif cmd == "cart" and len(rest) == 1:
-                sale.discount_cart(
-                    Discount(percent=_decimal(rest[0]), reason="demo", actor=cashier), till.clock.now()
-                )
+                sale.discount_cart(Discount(percent=_decimal(rest[0]), reason="demo", actor=cashier), till.clock.now())
             elif cmd == "coupon" and len(rest) == 1:
                 sale.add_coupon(rest[0], till.clock.now())
             elif cmd == "pay" and rest and rest[0] in ("cash", "card"):

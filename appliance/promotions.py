@@ -466,9 +466,9 @@ class _Acc:
 
 
 class _Component:
-    """A group of deal promotions competing for the same counted lines.
+    """A group of deal promotions competing for the same unit classes.
 
-    Lines are renumbered locally (0..L_c-1); a state is the tuple of units left per line.
+    Classes are renumbered locally (0..L_g-1); a state is the tuple of units left per class.
     """
 
     def __init__(
@@ -479,65 +479,91 @@ class _Component:
         count: list[int],
         value: list[_Num],
     ) -> None:
-        lines = sorted({i for buy, get in eligible for i in (*buy, *get)})
-        local = {g: n for n, g in enumerate(lines)}
+        seen: set[int] = set()
+        for buy, get in eligible:
+            seen.update(buy)
+            seen.update(get)
+        lines = sorted(seen)
+        local = dict(zip(lines, range(len(lines)), strict=True))
         self.promos = promos
         self.lines = lines
-        self.price = pr = [price[g] for g in lines]
-        self.value = val = [value[g] for g in lines]
+        self.price = pr = list(map(price.__getitem__, lines))
+        self.value = val = list(map(value.__getitem__, lines))
+        self.state = tuple(map(count.__getitem__, lines))
         self.valued = any(val)
-        self.state = tuple(count[g] for g in lines)
-        contest = [0] * len(lines)
-        if len(promos) > 1:
-            for buy, get in eligible:
-                for g in {*buy, *get}:
-                    contest[local[g]] += 1
-
-        # Unit orders a promotion may fill its deals in: dearest first; with unit offers
-        # around, smallest unit-offer value first; with rivals, least contested first and
-        # cheapest first. Duplicate orders are dropped.
-        keys: list[Callable[[int], tuple[Any, ...]]] = [lambda n: (-pr[n], val[n], contest[n], n)]
-        if self.valued:
-            keys.append(lambda n: (val[n], -pr[n], contest[n], n))
-        if len(promos) > 1:
-            keys.append(lambda n: (contest[n], -pr[n], val[n], n))
-            keys.append(lambda n: (pr[n], val[n], contest[n], n))
-        self.gens: list[list[_Gen]] = []
+        self.pools: list[tuple[list[int], list[int]]] = []
         self.reach: list[set[int]] = []
-        for promo, (buy, get) in zip(promos, eligible, strict=True):
-            buy_l = [local[g] for g in buy]
-            get_l = [local[g] for g in get]
-            self.reach.append({*buy_l, *get_l})
-            grouped = isinstance(promo, MultiBuy) or promo.buy_target == promo.get_target
-            if grouped:
-                orders: list[list[int]] = []
-                for key in keys:
-                    order = sorted(buy_l, key=key)
-                    if order not in orders:
-                        orders.append(order)
-                self.gens.append([self._grouped(promo, order, order is orders[0]) for order in orders])
-                continue
-            assert isinstance(promo, BuyXGetY)
-            buy_set, get_set = set(buy_l), set(get_l)
-            # Gets: as above, but units that cannot be bought first on ties.
-            get_orders: list[list[int]] = []
+        contest = [0] * len(lines)
+        for buy, get in eligible:
+            buy_l = list(map(local.__getitem__, buy))
+            get_l = list(map(local.__getitem__, get))
+            self.pools.append((buy_l, get_l))
+            reach = {*buy_l, *get_l}
+            self.reach.append(reach)
+            for n in reach:
+                contest[n] += 1
+        # Unit orders deals may be cut in: dearest first; with unit offers around, smallest
+        # unit-offer value first ("solo" orders); with rivals also least contested first
+        # and cheapest first. Rival orders are built only when a search needs them.
+        self.solo_keys: list[Callable[[int], tuple[Any, ...]]] = [lambda n: (-pr[n], val[n], contest[n], n)]
+        if self.valued:
+            self.solo_keys.append(lambda n: (val[n], -pr[n], contest[n], n))
+        self.rival_keys: list[Callable[[int], tuple[Any, ...]]] = [
+            lambda n: (contest[n], -pr[n], val[n], n),
+            lambda n: (pr[n], val[n], contest[n], n),
+        ]
+        self.contest = contest
+        self.gens = [self._generators(i, self.solo_keys, []) for i in range(len(promos))]
+        self._every: list[list[_Gen]] | None = None
+
+    def every_generator(self) -> list[list[_Gen]]:
+        """Per promotion, its solo generators followed by the rival-order ones."""
+        if self._every is None:
+            self._every = [
+                gens + self._generators(i, self.rival_keys, self.solo_keys) for i, gens in enumerate(self.gens)
+            ]
+        return self._every
+
+    def _generators(
+        self, i: int, keys: list[Callable[[int], tuple[Any, ...]]], done: list[Callable[[int], tuple[Any, ...]]]
+    ) -> list[_Gen]:
+        """Generators of promotion ``i`` for the unit orders ``keys`` not already given by ``done``."""
+        promo = self.promos[i]
+        buy_l, get_l = self.pools[i]
+        pr, val, contest = self.price, self.value, self.contest
+        if isinstance(promo, MultiBuy) or promo.buy_target == promo.get_target:
+            old = [sorted(buy_l, key=key) for key in done]
+            orders: list[list[int]] = []
             for key in keys:
-                ties = {n: (*key(n)[:-1], n in buy_set, n) for n in get_l}
-                order = sorted(get_l, key=ties.__getitem__)
-                if order not in get_orders:
-                    get_orders.append(order)
-            # Buys: smallest unit-offer value plus (if it could be a get) get value first;
-            # or smallest unit-offer value first.
-            rate = promo.percent / _HUNDRED
-            buy_orders: list[list[int]] = []
-            for rank in (
-                {n: (val[n] + (rate * pr[n] if n in get_set else 0), pr[n], contest[n], n) for n in buy_l},
-                {n: (val[n], n in get_set, pr[n], contest[n], n) for n in buy_l},
-            ):
-                order = sorted(buy_l, key=rank.__getitem__)
-                if order not in buy_orders:
-                    buy_orders.append(order)
-            self.gens.append([self._split(promo, b, g, buy_set) for g in get_orders for b in buy_orders])
+                order = sorted(buy_l, key=key)
+                if order not in orders and order not in old:
+                    orders.append(order)
+            return [self._grouped(promo, order, not done and k == 0) for k, order in enumerate(orders)]
+        buy_set, get_set = set(buy_l), set(get_l)
+
+        def get_order(key: Callable[[int], tuple[Any, ...]]) -> list[int]:
+            # As the key says, but units that cannot be bought first on ties.
+            ties = {n: (*key(n)[:-1], n in buy_set, n) for n in get_l}
+            return sorted(get_l, key=ties.__getitem__)
+
+        old = [get_order(key) for key in done]
+        get_orders: list[list[int]] = []
+        for key in keys:
+            order = get_order(key)
+            if order not in get_orders and order not in old:
+                get_orders.append(order)
+        # Buys: smallest unit-offer value plus (if it could be a get) get value first;
+        # or smallest unit-offer value first.
+        rate = promo.percent / _HUNDRED
+        buy_orders: list[list[int]] = []
+        for rank in (
+            {n: (val[n] + (rate * pr[n] if n in get_set else 0), pr[n], contest[n], n) for n in buy_l},
+            {n: (val[n], n in get_set, pr[n], contest[n], n) for n in buy_l},
+        ):
+            order = sorted(buy_l, key=rank.__getitem__)
+            if order not in buy_orders:
+                buy_orders.append(order)
+        return [self._split(promo, b, g, buy_set) for g in get_orders for b in buy_orders]
 
     def _cost(self, units: _Units) -> _Num:
         """Unit-offer value of some units: what a deal taking them gives up."""
@@ -691,49 +717,55 @@ class _Component:
     def solve(self) -> list[tuple[MultiBuy | BuyXGetY, list[_Deal]]]:
         """Choose the deals of every promotion of the group.
 
-        Promotions are ordered by standalone net gain (then id). The search is exhaustive
-        over unit orders and deal counts when that tree is within :data:`SEARCH_LIMIT`,
-        else over deal counts in the dearest-first order, else greedy.
+        Promotions are ordered by standalone net gain (then id) and first served greedily.
+        When that leaves every promotion its standalone best there is nothing to search;
+        otherwise the search runs if :meth:`_cost_bound` admits it (every generator,
+        else the dearest-first ones only) and the greedy plan stands if not.
         """
-        if len(self.promos) == 1:
-            deals, take, _, _ = self._best_variant(self.gens[0], self.state)
+        alone = [self._best_variant(gens, self.state) for gens in self.gens]
+        if len(alone) == 1:
+            deals, take, _, _ = alone[0]
             return [(self.promos[0], deals[:take])]
-        first = [gens[0](self.state) for gens in self.gens]
-        gain = [self._net(deals)[1] for deals in first]
-        order = sorted(range(len(self.promos)), key=lambda i: (-gain[i], self.promos[i].id))
-        seen: set[int] = set()
-        visible: list[tuple[int, ...]] = []  # lines the promotions from position k on can touch
-        for i in reversed(order):
-            seen.update(self.reach[i])
-            visible.append(tuple(sorted(seen)))
-        visible.reverse()
-        full = [self.gens[i] for i in order]
-        dearest = [self.gens[i][:1] for i in order]
-        sizes = [len(first[i]) for i in order]
-        plan: tuple[tuple[list[_Deal], int], ...] | None = None
-        for variants in (full, dearest):
-            if self._cost_bound(variants, sizes, visible) <= SEARCH_LIMIT:
-                try:
-                    plan = self._search(variants, visible)
-                except _SearchLimitError:
-                    plan = None
-                break
-        if plan is None:
-            plan = self._greedy(order, first)
+        order = sorted(range(len(self.promos)), key=lambda i: (-alone[i][2], self.promos[i].id))
+        plan, net = self._greedy(order, alone)
+        if net < sum(a[2] for a in alone):
+            seen: set[int] = set()
+            visible: list[tuple[int, ...]] = []  # classes the promotions from position k on can touch
+            for i in reversed(order):
+                seen.update(self.reach[i])
+                visible.append(tuple(sorted(seen)))
+            visible.reverse()
+            sizes = [len(alone[i][0]) for i in order]
+            every = self.every_generator()
+            for variants in ([every[i] for i in order], [self.gens[i][:1] for i in order]):
+                if self._cost_bound(variants, sizes, visible) <= SEARCH_LIMIT:
+                    try:
+                        found = self._search(variants, visible)
+                    except _SearchLimitError:
+                        break
+                    if found[0] > net:
+                        plan = found[1]
+                    break
         return [(self.promos[i], deals[:take]) for i, (deals, take) in zip(order, plan, strict=True)]
 
-    def _greedy(self, order: list[int], first: list[list[_Deal]]) -> tuple[tuple[list[_Deal], int], ...]:
-        """Each promotion in turn takes (dearest first) the deal count with the best net gain."""
+    def _greedy(
+        self, order: list[int], alone: list[tuple[list[_Deal], int, _Num, _Gen]]
+    ) -> tuple[tuple[tuple[list[_Deal], int], ...], _Num]:
+        """Each promotion in turn takes its best solo generator and deal count; plan and net gain."""
         state = list(self.state)
         plan: list[tuple[list[_Deal], int]] = []
-        for k, i in enumerate(order):
-            deals = first[i] if k == 0 else self.gens[i][0](state)
-            take = self._net(deals)[0]
+        total: _Num = 0
+        touched: set[int] = set()
+        for i in order:
+            # A promotion whose classes nobody took from yet faces its standalone situation.
+            deals, take, net, _ = self._best_variant(self.gens[i], state) if touched & self.reach[i] else alone[i]
             for _, _, units, _ in deals[:take]:
                 for n, c in units:
                     state[n] -= c
+                    touched.add(n)
             plan.append((deals, take))
-        return tuple(plan)
+            total += net
+        return tuple(plan), total
 
     def _cost_bound(self, variants: list[list[_Gen]], deals: list[int], visible: list[tuple[int, ...]]) -> int:
         """Estimated generator calls of :meth:`_search`: per position, the distinct states
@@ -751,9 +783,7 @@ class _Component:
             paths *= len(gens) * (deals[k] + 1)
         return cost
 
-    def _search(
-        self, variants: list[list[_Gen]], visible: list[tuple[int, ...]]
-    ) -> tuple[tuple[list[_Deal], int], ...]:
+    def _search(self, variants: list[list[_Gen]], visible: list[tuple[int, ...]]) -> _Plan:
         """Exhaustive search over generators and deal counts, memoised on (position, visible units).
 
         Gives up with :class:`_SearchLimitError` after ``4 * SEARCH_LIMIT`` generator calls,
@@ -792,7 +822,7 @@ class _Component:
             memo[key] = result
             return result
 
-        return best(0, self.state)[1]
+        return best(0, self.state)
 
 
 class _SearchLimitError(Exception):
@@ -829,11 +859,11 @@ class _Cart:
             self.promotable.append(i)
             self.by_sku.setdefault(ln.sku, []).append(i)
             self.by_dept.setdefault(ln.department, []).append(i)
-        self._cache: dict[tuple[Target, bool], list[int]] = {}
+        self._cache: dict[tuple[int, bool], list[int]] = {}  # by id(): targets outlive the call
 
     def matching(self, target: Target, counted_only: bool) -> list[int]:
         """Promotable line indices matched by ``target``, ascending (optionally no weighed lines)."""
-        hit = self._cache.get((target, counted_only))
+        hit = self._cache.get((id(target), counted_only))
         if hit is None:
             if target.everything:
                 hit = self.promotable
@@ -846,7 +876,7 @@ class _Cart:
                 hit = sorted(set(found) if target.skus and target.departments else found)
             if counted_only:
                 hit = [i for i in hit if not self.weighed[i]]
-            self._cache[target, counted_only] = hit
+            self._cache[id(target), counted_only] = hit
         return hit
 
 

@@ -249,8 +249,16 @@ class Returns:
         for ln in plan.lines:
             for code, amount in ln["tax_rates"].items():
                 rate = self.tax.rates.get(code)
-                slot = taxes.setdefault(code, {"code": code, "name": rate.name if rate else code,
-                                               "percent": str(rate.percent) if rate else "?", "taxable": 0, "tax": 0})
+                slot = taxes.setdefault(
+                    code,
+                    {
+                        "code": code,
+                        "name": rate.name if rate else code,
+                        "percent": str(rate.percent) if rate else "?",
+                        "taxable": 0,
+                        "tax": 0,
+                    },
+                )
                 slot["taxable"] += ln["net"]
                 slot["tax"] += amount
         original = plan.original

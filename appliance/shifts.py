@@ -50,8 +50,7 @@ class Shifts:
 
     def current(self) -> Shift | None:
         row = self.ledger.conn.execute(
-            "SELECT id, opened_at, opened_by, float, open_seq, closed_at, z_number FROM shifts "
-            "WHERE closed_at IS NULL"
+            "SELECT id, opened_at, opened_by, float, open_seq, closed_at, z_number FROM shifts WHERE closed_at IS NULL"
         ).fetchone()
         return _shift(row) if row else None
 

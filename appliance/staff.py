@@ -126,8 +126,10 @@ class LockoutPolicy:
 
 def _hasher(fast: bool) -> PasswordHasher:
     # OWASP's minimum Argon2id profile (19 MiB, t=2) keeps a Pi 3 login near 100 ms.
-    return PasswordHasher(time_cost=1, memory_cost=8, parallelism=1) if fast else PasswordHasher(
-        time_cost=2, memory_cost=19_456, parallelism=1
+    return (
+        PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+        if fast
+        else PasswordHasher(time_cost=2, memory_cost=19_456, parallelism=1)
     )
 
 

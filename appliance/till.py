@@ -21,7 +21,7 @@ from appliance.catalog import Catalog, Item
 from appliance.clock import Clock, SystemClock, iso_utc
 from appliance.config import Config
 from appliance.customers import Customers
-from appliance.errors import InputError, PaymentDeclined, SaleError, TillboxError
+from appliance.errors import InputError, PaymentDeclined, SaleError, TenderError, TillboxError
 from appliance.ledger import CommittedSale, Ledger, NewEvent
 from appliance.receipt import Receipt, StoreInfo, return_receipt, sale_receipt
 from appliance.returns import ReturnPlan, Returns, write_return
@@ -123,16 +123,12 @@ class Till:
         """Parse scanner input with the configured variable-measure layouts."""
         return parse_scan(code, today=self.clock.now().astimezone(self.tz).date(), layouts=self.layouts)
 
-    def scan(
-        self, sale: Sale, code: str, *, quantity: Decimal | None = None, allow_expired: bool = False
-    ) -> Item:
+    def scan(self, sale: Sale, code: str, *, quantity: Decimal | None = None, allow_expired: bool = False) -> Item:
         """Scan a barcode into a sale; raises :class:`NotFound` for unknown codes."""
         scan = self.parse(code)
         item = self.catalog.lookup(scan)
         if scan.expired and not allow_expired:
-            raise SaleError(
-                f"{item.name}: batch {scan.batch or '?'} expired on {scan.expiry}; it must not be sold"
-            )
+            raise SaleError(f"{item.name}: batch {scan.batch or '?'} expired on {scan.expiry}; it must not be sold")
         info = ScanInfo(
             code=scan.raw,
             expiry=scan.expiry.isoformat() if scan.expiry else None,
@@ -162,6 +158,8 @@ class Till:
         if self.terminal is None:
             raise SaleError("no payment terminal is configured")
         due = sale.totals().due
+        if due <= 0:
+            raise TenderError("the sale is already paid")
         amount = due if amount is None else amount
         result = self.terminal.authorize(amount, self.currency.code, sale.id)
         if not result.approved:
@@ -234,10 +232,10 @@ class Till:
         credit = plan.total
         due = sale.totals().due
         applied = min(credit, due)
+        if due - applied > 0:
+            raise SaleError(f"{self.currency.plain(due - applied)} still to pay for the exchange")
         if applied > 0:
             sale.pay_electronic(TenderKind.EXCHANGE, applied, plan.id)
-        if sale.totals().due > 0:
-            raise SaleError(f"{self.currency.plain(sale.totals().due)} still to pay for the exchange")
         refunds = self.returns.refund_tenders(plan, "cash" if plan.original is None else
                                               self.config.returns.refund_to, self.terminal,
                                               amount=credit - applied)  # fmt: skip
@@ -245,9 +243,14 @@ class Till:
         sale_doc = sale.complete(now)
         ret = self.returns.document(plan, refunds, approval, now, shift_id=shift.id, exchange_sale_id=sale.id)
         ret["refunds"].insert(0, {"kind": "exchange", "amount": applied, "reference": sale.id})
-        with self.ledger.transaction("committing exchange") as tx:
-            ret["number"] = write_return(tx, ret)
-            committed = tx.write_sale(sale_doc)
+        try:
+            with self.ledger.transaction("committing exchange") as tx:
+                ret["number"] = write_return(tx, ret)
+                committed = tx.write_sale(sale_doc)
+        except TillboxError:
+            self._undo_card_refunds(refunds)
+            sale.state = "open"
+            raise
         doc = {**sale_doc, "number": committed.number, "store": self.ledger.store_id, "device": self.ledger.device_id}
         return ret, Completed(committed, doc)
 

@@ -170,9 +170,7 @@ class EvdevBadgeReader(BadgeReader):
 class SimulatedBadgeReader(BadgeReader):
     """A reader you drive from code: ``feed("STAFF-0042")``. Payment data is screened as for real."""
 
-    def __init__(
-        self, on_read: ReadCallback, *, on_reject: RejectCallback | None = None, name: str = "badge"
-    ) -> None:
+    def __init__(self, on_read: ReadCallback, *, on_reject: RejectCallback | None = None, name: str = "badge") -> None:
         super().__init__(name, on_read, on_reject=on_reject)
 
     def feed(self, data: str) -> None:

@@ -113,9 +113,7 @@ class Layout:
     caps: frozenset[int] = field(init=False)
 
     def __post_init__(self) -> None:
-        caps = frozenset(
-            code for code, (low, up, _) in self.keys.items() if low.isalpha() and up == low.upper()
-        )
+        caps = frozenset(code for code, (low, up, _) in self.keys.items() if low.isalpha() and up == low.upper())
         object.__setattr__(self, "caps", caps)
 
     def char(self, code: int, *, shift: bool, altgr: bool) -> str:

@@ -148,8 +148,7 @@ class WedgeDecoder:
     ) -> None:
         if not 0 < key_gap <= max_gap <= scan_timeout:
             raise ConfigError(
-                f"wedge timing needs 0 < key_gap <= max_gap <= scan_timeout, "
-                f"got {key_gap}, {max_gap}, {scan_timeout}"
+                f"wedge timing needs 0 < key_gap <= max_gap <= scan_timeout, got {key_gap}, {max_gap}, {scan_timeout}"
             )
         if max_length < 1:
             raise ConfigError(f"max_length must be at least 1, got {max_length}")
@@ -256,9 +255,7 @@ class WedgeDecoder:
             return Rejected("typed by hand (a single key)", at)
         median = statistics.median(gaps)
         if median > self.key_gap:
-            return Rejected(
-                f"typed by hand (median key gap {median * 1000:.0f} ms > {self.key_gap * 1000:.0f} ms)", at
-            )
+            return Rejected(f"typed by hand (median key gap {median * 1000:.0f} ms > {self.key_gap * 1000:.0f} ms)", at)
         worst = max(gaps)
         if worst > self.max_gap:
             return Rejected(f"hand typing mixed into a scan (a {worst * 1000:.0f} ms pause)", at)

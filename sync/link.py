@@ -283,7 +283,11 @@ class MqttLink:
                 return
             self._attempt()
             return
-        rc = client.loop(timeout)
+        try:
+            rc = client.loop(timeout)
+        except (OSError, ValueError) as exc:  # the socket died under paho
+            log.debug("MQTT loop failed: %s", exc)
+            rc = MQTTErrorCode.MQTT_ERR_CONN_LOST
         if self._client is client and rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
             self._handle_disconnect(client, None, None, ReasonCode(PacketTypes.DISCONNECT, "Unspecified error"),
                                     None)  # fmt: skip
@@ -322,8 +326,13 @@ class MqttLink:
         if self._connected and final is not None:
             info = client.publish(final[0], final[1], qos=1, retain=True)
             deadline = self.clock.monotonic() + timeout
-            while not info.is_published() and self._client is client and self.clock.monotonic() < deadline:
-                client.loop(0.05)
+            try:
+                while not info.is_published() and self._client is client and self.clock.monotonic() < deadline:
+                    client.loop(0.05)
+            except (RuntimeError, ValueError, OSError) as exc:
+                log.debug("offline status not confirmed: %s", exc)
+            if self._client is not client:
+                return
         self._client = None  # our disconnect is not a lost connection
         self._connected = False
         client.disconnect()

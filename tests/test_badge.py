@@ -50,9 +50,7 @@ def luhn_complete(body: str) -> str:
     """Append the check digit that makes ``body`` Luhn-valid (independent of the driver)."""
     for check in "0123456789":
         digits = body + check
-        total = sum(
-            int(d) if i % 2 == 0 else sum(divmod(int(d) * 2, 10)) for i, d in enumerate(reversed(digits))
-        )
+        total = sum(int(d) if i % 2 == 0 else sum(divmod(int(d) * 2, 10)) for i, d in enumerate(reversed(digits)))
         if total % 10 == 0:
             return digits
     raise AssertionError("unreachable")

@@ -45,9 +45,7 @@ def test_import_reports(tmp_path: Path) -> None:
     out = run("catalog", "import", str(bad), data=tmp_path)
     assert out.returncode == 1
     assert "bad.csv: line 3: 'oops' is not an amount" in out.stderr
-    assert (
-        out.stderr.strip().splitlines()[-1].startswith("tillbox: error: catalog rejected, nothing imported")
-    )
+    assert out.stderr.strip().splitlines()[-1].startswith("tillbox: error: catalog rejected, nothing imported")
     out = run("catalog", "import", "--skip-bad", str(bad), data=tmp_path)
     assert out.returncode == 0 and "imported 1 item(s), skipped 1" in out.stdout
 
@@ -146,3 +144,44 @@ def test_demo_console_rings_a_sale(tmp_path: Path) -> None:
     assert "! don't understand 'foo bar'" in out.stdout
     assert "! barcode 999 not found" in out.stdout
     assert "Ref TB-till-1-000001" in out.stdout and "ledger ok" in out.stdout
+
+
+def test_sale_needs_an_open_shift(tmp_path: Path) -> None:
+    assert run("catalog", "import", str(CATALOG), data=tmp_path).returncode == 0
+    out = run("sale", "--scan", "4006381333931", "--pay", "card", data=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip() == "tillbox: error: no shift is open; open one first (tillbox shift open --float AMOUNT)"
+
+
+def test_shift_reports_and_return(data: Path) -> None:
+    assert (
+        run("sale", "--scan", "5901234123457", "--scan", "9780201379624", "--pay", "cash:10", data=data).returncode == 0
+    )
+    out = run("return", "--receipt", "TB-till-1-000001", "--line", "2", data=data)
+    assert out.returncode == 0, out.stderr
+    assert "RETURN" in out.stdout and "-3.49" in out.stdout
+    out = run("return", "--receipt", "TB-till-1-000001", "--line", "2", data=data)
+    assert out.returncode == 1 and "not yet refunded" in out.stderr
+    assert run("shift", "cash", "safe_drop", "50.00", "--reason", "banking", data=data).returncode == 0
+    x = json.loads(run("report", "x", "--json", data=data).stdout)
+    assert x["kind"] == "X" and x["cash"]["expected"] == 10_000 + 548 - 349 - 5_000
+    out = run("report", "z", "--json", "--count", "20.00=2", "--count", "10.00=1", data=data)
+    z = json.loads(out.stdout)
+    assert isinstance(z["z_number"], int) and z["z_number"] == 1
+    assert z["cash"]["over_short"] == 5_000 - 5_199
+    out = run("report", "z", data=data)
+    assert out.returncode == 1 and "no shift is open" in out.stderr
+    assert run("shift", "open", "--float", "50", data=data).returncode == 0
+    out = run("report", "z", data=data)
+    assert out.returncode == 0 and "Z REPORT 2" in out.stdout and "not counted" in out.stdout
+    assert run("ledger", "verify", data=data).returncode == 0
+
+
+def test_reprint_and_staff(data: Path) -> None:
+    assert run("sale", "--scan", "5901234123457", "--pay", "card", data=data).returncode == 0
+    out = run("reprint", "TB-till-1-000001", data=data)
+    assert out.returncode == 0 and "*** COPY 1 ***" in out.stdout
+    out = run("staff", "add", "ann", "Ann", "--role", "cashier", data=data, stdin="1234\n")
+    assert out.returncode == 0 and "added cashier ann" in out.stdout
+    out = run("staff", "add", "bob", "Bob", "--role", "cashier", data=data, stdin="12\n")
+    assert out.returncode == 1 and "4 to 8 digits" in out.stderr

@@ -19,6 +19,7 @@ import pytest
 from appliance.config import Config
 from appliance.ledger import verify
 from appliance.till import Till, open_ledger, scripted_sale
+from tests.conftest import open_shift
 
 KILLS = 120
 CODES = ["4006381333931", "5901234123457", "4006381333931", "4000417025005", "9780201379624"]
@@ -41,7 +42,9 @@ def test_sigkill_never_loses_or_splits_a_sale(tmp_path: Path) -> None:
 
     config = Config.defaults()
     with open_ledger(config, tmp_path) as led:
-        seed(Till(config, led), tmp_path)
+        till = Till(config, led)
+        seed(till, tmp_path)
+        open_shift(till)
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["appliance.till", "appliance.config", "appliance.ledger", __name__])
     rng = random.Random(20261126)

@@ -267,9 +267,7 @@ def test_cancel_reverses_card_and_journals(demo_till: Till) -> None:
     card = demo_till.pay_card(sale, 100)
     demo_till.cancel(sale, actor="ann", reason="customer left")
     assert isinstance(demo_till.terminal, SimulatedTerminal)
-    assert (
-        demo_till.terminal.history[-1][0] == "reverse" and demo_till.terminal.history[-1][2] == card.reference
-    )
+    assert demo_till.terminal.history[-1][0] == "reverse" and demo_till.terminal.history[-1][2] == card.reference
     events = [e.type for e in demo_till.ledger.outbox()]
     assert events == ["tillbox.shift.opened", "tillbox.sale.voided"]
     assert demo_till.ledger.sale_count() == 0

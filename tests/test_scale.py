@@ -256,6 +256,7 @@ class Link:
     """A pty with a peer on the master and the slave behind a stable symlink."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self.master, self.slave = os.openpty()
         tty.setraw(self.slave)
         tmp = path.with_suffix(".new")
@@ -267,6 +268,7 @@ class Link:
     def unplug(self) -> None:
         if self.plugged:
             self.plugged = False
+            self.path.unlink(missing_ok=True)  # udev removes the by-id link
             self.peer.close()
             os.close(self.slave)
             os.close(self.master)

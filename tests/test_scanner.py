@@ -367,9 +367,7 @@ def test_lone_enter_is_ignored() -> None:
     assert decode(WedgeDecoder("us"), Typist().enter().events) == []
 
 
-@pytest.mark.parametrize(
-    ("key_gap", "max_gap", "scan_timeout"), [(0, 0.06, 0.1), (0.05, 0.04, 0.1), (0.03, 0.2, 0.1)]
-)
+@pytest.mark.parametrize(("key_gap", "max_gap", "scan_timeout"), [(0, 0.06, 0.1), (0.05, 0.04, 0.1), (0.03, 0.2, 0.1)])
 def test_inconsistent_thresholds_are_config_errors(key_gap: float, max_gap: float, scan_timeout: float) -> None:
     with pytest.raises(ConfigError):
         WedgeDecoder(key_gap=key_gap, max_gap=max_gap, scan_timeout=scan_timeout)
@@ -606,6 +604,7 @@ class Pty:
         tmp = link.with_suffix(".new")
         tmp.symlink_to(os.ttyname(self.slave))
         tmp.replace(link)
+        self.plugged = True
 
     def send(self, data: bytes) -> None:
         os.write(self.master, data)
@@ -621,8 +620,12 @@ class Pty:
         seen.scans[:] = [scan for scan in seen.scans if scan != ("SYNC", None)]
 
     def unplug(self) -> None:
-        os.close(self.slave)
-        os.close(self.master)
+        """Pull the cable: udev removes the by-id link, the tty goes away. Idempotent."""
+        if self.plugged:
+            self.plugged = False
+            self.link.unlink(missing_ok=True)
+            os.close(self.slave)
+            os.close(self.master)
 
 
 class Collector:
@@ -641,9 +644,7 @@ class Collector:
 def test_serial_scanner_over_a_pty(tmp_path: Path) -> None:
     pty = Pty(tmp_path / "ttyACM0")
     seen = Collector()
-    scanner = SerialScanner(
-        str(pty.link), seen.on_scan, on_reject=seen.on_reject, framing=SerialFraming(max_length=32)
-    )
+    scanner = SerialScanner(str(pty.link), seen.on_scan, on_reject=seen.on_reject, framing=SerialFraming(max_length=32))
     try:
         pty.sync(seen)
         scanner.on_health(lambda s: seen.health.append(s.health))
@@ -689,6 +690,7 @@ def test_serial_scanner_unplug_and_replug(tmp_path: Path, caplog: pytest.LogCapt
         wait_for(lambda: len(seen.scans) == 2)
     finally:
         scanner.close()
+        pty.unplug()
         if replugged is not None:
             replugged.unplug()
     assert [c for c, _ in seen.scans] == ["4006381333931", "96385074"]

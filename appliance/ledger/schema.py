@@ -224,9 +224,7 @@ def _v2(conn: sqlite3.Connection) -> None:
         "CREATE TRIGGER shifts_closed_final BEFORE UPDATE ON shifts WHEN OLD.closed_at IS NOT NULL "
         "BEGIN SELECT RAISE(ABORT, 'a closed shift cannot change'); END"
     )
-    conn.execute(
-        "CREATE UNIQUE INDEX shifts_one_open ON shifts((closed_at IS NULL)) WHERE closed_at IS NULL"
-    )
+    conn.execute("CREATE UNIQUE INDEX shifts_one_open ON shifts((closed_at IS NULL)) WHERE closed_at IS NULL")
     db.table("customers").create(
         {
             "id": str,

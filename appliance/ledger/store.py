@@ -210,8 +210,7 @@ class Tx:
     def set_counter(self, name: str, value: int) -> None:
         """Store a named counter (Z numbers, sequences of later features)."""
         self.conn.execute(
-            "INSERT INTO counters(name, value) VALUES (?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            "INSERT INTO counters(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
             (name, value),
         )
 
@@ -270,9 +269,7 @@ class Ledger:
         if app_id == 0 and version == 0:
             tables = self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             if tables:
-                raise LedgerCorrupt(
-                    f"{self.path} is a SQLite database of another program, not a tillbox ledger"
-                )
+                raise LedgerCorrupt(f"{self.path} is a SQLite database of another program, not a tillbox ledger")
         elif app_id != APPLICATION_ID:
             raise LedgerCorrupt(f"{self.path} is not a tillbox ledger (application_id {app_id:#x})")
         if version > LATEST_VERSION:
@@ -328,8 +325,7 @@ class Ledger:
     def entry(self, seq: int) -> JournalEntry | None:
         """One journal entry by sequence."""
         row = self.conn.execute(
-            "SELECT seq, time, type, actor, approver, ref_seq, payload, prev_hash, hash FROM journal "
-            "WHERE seq = ?",
+            "SELECT seq, time, type, actor, approver, ref_seq, payload, prev_hash, hash FROM journal WHERE seq = ?",
             (seq,),
         ).fetchone()
         return JournalEntry(*row) if row else None
@@ -425,9 +421,7 @@ class Ledger:
     def prune_outbox(self, acked_before: str) -> int:
         """Delete acknowledged events acked before an instant (retention); returns how many."""
         with self.transaction("pruning outbox"):
-            cur = self.conn.execute(
-                "DELETE FROM outbox WHERE acked_at IS NOT NULL AND acked_at < ?", (acked_before,)
-            )
+            cur = self.conn.execute("DELETE FROM outbox WHERE acked_at IS NOT NULL AND acked_at < ?", (acked_before,))
         return int(cur.rowcount)
 
     def close(self) -> None:

@@ -68,9 +68,7 @@ def _verify_chain(ledger: Ledger, report: VerifyReport) -> None:
             problem = f"journal entry {expected} is missing (next entry found is {seq})"
             report.first_bad_seq = expected
         elif prev_hash != prev:
-            problem = (
-                f"journal entry {seq} ({type_}) does not chain to entry {seq - 1}: reordered or replaced"
-            )
+            problem = f"journal entry {seq} ({type_}) does not chain to entry {seq - 1}: reordered or replaced"
         elif entry_hash(prev, seq, time, type_, actor, approver, ref_seq, payload) != digest:
             problem = f"journal entry {seq} ({type_}) was altered: its hash does not match its content"
         if problem:
@@ -126,6 +124,7 @@ def _verify_sales(conn: sqlite3.Connection, report: VerifyReport, max_errors: in
         bad = _compare(doc, sale_id, header, row[12], lines, tenders)
         if bad and fail(f"sale {number} (journal entry {jseq}) disagrees with the journal: {bad}"):
             return
+    _verify_returns(conn, report, fail)
     journal_sales = conn.execute("SELECT count(*) FROM journal WHERE type = 'sale.completed'").fetchone()[0]
     if journal_sales != report.sales:
         missing = conn.execute(
@@ -161,3 +160,27 @@ def _compare(
     if [tuple(t) for t in tenders] != expected_t:
         return "tenders differ"
     return None
+
+
+def _verify_returns(conn: sqlite3.Connection, report: VerifyReport, fail: Any) -> None:
+    rows = conn.execute(
+        "SELECT r.id, r.number, r.journal_seq, r.total, r.tax, r.original_sale_id, j.type, j.payload "
+        "FROM returns r LEFT JOIN journal j ON j.seq = r.journal_seq ORDER BY r.number"
+    )
+    for rid, number, jseq, total, tax, original, type_, payload in rows:
+        if type_ != "return.completed":
+            fail(f"return {number} points at journal entry {jseq}, which is not its return.completed entry")
+            return
+        doc = json.loads(payload)
+        fields = {"id": rid, "number": number, "total": total, "tax": tax, "original_sale_id": original}
+        bad = next((k for k, v in fields.items() if doc.get(k) != v), None)
+        refunded = conn.execute("SELECT count(*), COALESCE(SUM(amount), 0) FROM refunds WHERE return_id = ?", (rid,))
+        count, amount = refunded.fetchone()
+        if bad is None and (count, amount) != (len(doc["lines"]), doc["total"]):
+            bad = "refund rows"
+        if bad and fail(f"return {number} (journal entry {jseq}) disagrees with the journal: {bad}"):
+            return
+    journal_returns = conn.execute("SELECT count(*) FROM journal WHERE type = 'return.completed'").fetchone()[0]
+    rows_count = conn.execute("SELECT count(*) FROM returns").fetchone()[0]
+    if journal_returns != rows_count:
+        fail(f"{journal_returns} returns in the journal but {rows_count} return rows")
