@@ -119,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", parents=[common], help="run a console till with a demo catalog")
     demo.add_argument("--reset", action="store_true", help="start from an empty data dir")
+    demo.add_argument("--broker", action="append", default=[], metavar="URL",
+                      help="sync with the shop through this MQTT broker (mqtt://HOST:PORT; repeat for fallbacks)")
+    from sync.__main__ import add_hub_arguments
+
+    hub = sub.add_parser("hub", help="run the reference shop hub (the other end of MQTT sync)")
+    hub.add_argument("--data-dir", type=Path, required=True, help="directory for the hub's database")
+    hub.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    add_hub_arguments(hub)
     return parser
 
 
@@ -389,7 +397,25 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from appliance.demo import run_demo
 
-    return run_demo(args)
+    if not args.broker:
+        return run_demo(args)
+    from sync.service import SyncService
+
+    if args.reset and args.data_dir.exists():
+        import shutil
+
+        shutil.rmtree(args.data_dir)
+        args.reset = False
+    _open(args).ledger.close()  # create the ledger before the sync service opens it
+    config, data_dir = _load(args)
+    with SyncService.from_config(config, data_dir, brokers=tuple(args.broker)):
+        return run_demo(args)
+
+
+def cmd_hub(args: argparse.Namespace) -> int:
+    from sync.hub import main as hub_main
+
+    return hub_main(args)
 
 
 COMMANDS = {
@@ -408,6 +434,7 @@ COMMANDS = {
     ("config", "check"): cmd_config_check,
     ("config", "reference"): cmd_config_reference,
     ("demo", None): cmd_demo,
+    ("hub", None): cmd_hub,
 }
 
 

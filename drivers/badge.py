@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 
 from appliance.errors import DeviceUnavailable
-from drivers.base import Device, Health
+from drivers.base import Device, Health, simulated
 from drivers.scanner import (
     Backoff,
     Decoded,
@@ -39,6 +39,7 @@ __all__ = [
     "SimulatedBadgeReader",
     "looks_like_payment_card",
     "luhn_valid",
+    "open_badge_reader",
     "strip_sentinels",
 ]
 
@@ -178,3 +179,17 @@ class SimulatedBadgeReader(BadgeReader):
         if self._closed or self.health.health == Health.UNAVAILABLE:
             raise DeviceUnavailable(f"{self.name} is not connected")
         self._accept(data.strip("\r\n"))
+
+
+def open_badge_reader(
+    device: str,
+    on_read: ReadCallback,
+    *,
+    on_reject: RejectCallback | None = None,
+    layout: str = "us",
+    name: str = "badge",
+) -> BadgeReader:
+    """The evdev reader at ``device``; a simulator when ``device`` is empty or ``TILLBOX_DEVICES=sim``."""
+    if simulated() or not device:
+        return SimulatedBadgeReader(on_read, on_reject=on_reject, name=name)
+    return EvdevBadgeReader(device, on_read, on_reject=on_reject, decoder=WedgeDecoder(layout), name=name)

@@ -97,7 +97,7 @@ _LETTER_ROWS = (
 Levels = tuple[str, str, str]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Layout:
     """What each key types on one keyboard layout."""
 

@@ -38,7 +38,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
 
 from appliance.errors import DeviceUnavailable, InputError
-from drivers.base import Device, Health
+from drivers.base import Device, Health, simulated
 from drivers.scanner import Backoff, link_errors
 from drivers.transport import SerialTransport, Transport
 
@@ -55,6 +55,7 @@ __all__ = [
     "encode_preset_tare",
     "encode_status",
     "encode_weight",
+    "open_scale",
     "parse_reply",
     "serial_scale",
     "to_kg",
@@ -514,19 +515,19 @@ class Toledo8217Peer:
             if ready:
                 with contextlib.suppress(OSError):
                     self._buf += os.read(self.fd, 256)
-        if len(self._buf) > 1 and self._buf[1:2].isdigit():
-            end = self._buf.find(CR)
-            if end < 0:
-                return None if len(self._buf) < 8 else self._discard()
-            command = bytes(self._buf[: end + 1])
-            del self._buf[: end + 1]
-            return command
-        del self._buf[:1]
-        return CMD_TARE
-
-    def _discard(self) -> bytes:
-        self._buf.clear()
-        return b"?"
+        end = 1
+        while end < len(self._buf) and self._buf[end : end + 1].isdigit():
+            end += 1
+        if end == 1:
+            del self._buf[:1]
+            return CMD_TARE
+        if end == len(self._buf) and end <= 6:
+            return None  # wait for the rest of the preset
+        if self._buf[end : end + 1] == CR:
+            end += 1
+        command = bytes(self._buf[:end])  # a malformed preset is answered with the status only
+        del self._buf[:end]
+        return command
 
     def _answer(self, command: bytes) -> bytes:
         with self._lock:
@@ -598,3 +599,11 @@ class SimulatedScale(Scale):
         self.peer.close()
         os.close(self._slave)
         os.close(self._master)
+
+
+def open_scale(port: str, *, unit: WeightUnit = WeightUnit.KG, name: str = "scale") -> Scale:
+    """The 8217 scale on ``port`` (9600 7E1); a :class:`SimulatedScale` when ``port`` is empty
+    or ``TILLBOX_DEVICES=sim``."""
+    if simulated() or not port:
+        return SimulatedScale(unit=unit, name=name)
+    return serial_scale(port, unit=unit, name=name)

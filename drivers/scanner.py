@@ -213,16 +213,16 @@ class WedgeDecoder:
         if self._last is None or now - self._last <= self.scan_timeout or not self._presses:
             return []
         text = self._take()
-        presses, at = self._presses, self._last
-        verdict = self._judge(text, presses, at)
-        overflow = self._overflow
+        at, hand = self._last, self._hand_typed(self._presses)
+        verdict = self._verdict(text, at)
+        keys, overflow = len(self._presses), self._overflow
         self._clear()
         if not text and not overflow:
             return []
         if self.terminator == Terminator.NONE:
             return [verdict]
-        if isinstance(verdict, Rejected):
-            log.debug("dropped %d unterminated keys typed by hand", len(presses))
+        if hand is not None:
+            log.debug("dropped %d unterminated keys typed by hand", keys)
             return []
         return [Rejected(f"incomplete scan: no {self.terminator} within {self.scan_timeout:g} s", at)]
 
@@ -242,26 +242,34 @@ class WedgeDecoder:
 
     def _finish(self, at: float) -> list[Outcome]:
         text = self._take()
-        verdict = self._judge(text, self._presses, at)
+        verdict = self._verdict(text, at)
         empty = not text and not self._overflow
         self._clear()
         return [] if empty else [verdict]
 
-    def _judge(self, text: str, presses: Sequence[float], at: float) -> Outcome:
-        if self._repeat:
-            return Rejected("typed by hand (a key was held down)", at)
-        gaps = [b - a for a, b in pairwise(presses)]
-        if not gaps:
-            return Rejected("typed by hand (a single key)", at)
-        median = statistics.median(gaps)
-        if median > self.key_gap:
-            return Rejected(f"typed by hand (median key gap {median * 1000:.0f} ms > {self.key_gap * 1000:.0f} ms)", at)
-        worst = max(gaps)
-        if worst > self.max_gap:
-            return Rejected(f"hand typing mixed into a scan (a {worst * 1000:.0f} ms pause)", at)
+    def _verdict(self, text: str, at: float) -> Outcome:
+        """The pending sequence as a code, or why it is not one."""
+        hand = self._hand_typed(self._presses)
+        if hand is not None:
+            return Rejected(hand, at)
         if self._overflow:
             return Rejected(f"scan longer than {self.max_length} characters", at)
         return Decoded(text, at)
+
+    def _hand_typed(self, presses: Sequence[float]) -> str | None:
+        """Why these key presses look typed by a person, or None if they came at scanner speed."""
+        if self._repeat:
+            return "typed by hand (a key was held down)"
+        gaps = [b - a for a, b in pairwise(presses)]
+        if not gaps:
+            return "typed by hand (a single key)"
+        median = statistics.median(gaps)
+        if median > self.key_gap:
+            return f"typed by hand (median key gap {median * 1000:.0f} ms > {self.key_gap * 1000:.0f} ms)"
+        worst = max(gaps)
+        if worst > self.max_gap:
+            return f"hand typing mixed into a scan (a {worst * 1000:.0f} ms pause)"
+        return None
 
 
 @dataclass(frozen=True)
@@ -315,8 +323,6 @@ class SerialFramer:
         """Feed received bytes; return completed codes and rejected lines."""
         out = self.tick(now)
         for byte in data:
-            if self._started is None:
-                self._started = now
             if self.framing.stx_etx:
                 self._frame_byte(byte, now, out)
             else:
@@ -331,6 +337,10 @@ class SerialFramer:
         return [Rejected(f"incomplete line: no terminator within {self.framing.line_timeout:g} s", now)]
 
     def _line_byte(self, byte: int, now: float, out: list[Outcome]) -> None:
+        if not self._buf and not self._overflow:
+            if byte in (_CR, _LF):
+                return  # a blank line, or the LF of a CRLF sent to a CR-configured port
+            self._started = now
         if not self._overflow:
             self._buf.append(byte)
         if self._buf.endswith(self._end) or (self._overflow and byte == self._end[-1]):
@@ -357,6 +367,8 @@ class SerialFramer:
                 self.reset()
             else:
                 self._stray = True
+                if self._started is None:
+                    self._started = now
         elif byte == _ETX:
             overflow, line = self._overflow, bytes(self._buf)
             self.reset()
@@ -508,7 +520,7 @@ class EvdevLink:
         handle: Callable[[list[Outcome]], None],
         *,
         clock: Callable[[], float] = time.time,
-        poll: float = 0.05,
+        poll: float = 0.2,
     ) -> None:
         self.path = path
         self._decoder = decoder
@@ -610,7 +622,7 @@ class SerialLink:
         baudrate: int = 9600,
         connect: Callable[[], Transport] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        poll: float = 0.05,
+        poll: float = 0.2,
     ) -> None:
         self.port = port
         self._framer = framer
@@ -629,7 +641,9 @@ class SerialLink:
         if self._transport is None:
             raise DeviceUnavailable(f"{self.port} is not open")
         with link_errors(f"{self.port} failed"):
-            data = self._transport.read(4096, self._poll)
+            data = self._transport.read(1, self._poll)  # returns as soon as a byte arrives
+            if data:
+                data += self._transport.read(4096, 0)
         now = self._clock()
         self._handle(self._framer.feed(data, now) if data else self._framer.tick(now))
 

@@ -24,6 +24,7 @@ from drivers.badge import (
     SimulatedBadgeReader,
     looks_like_payment_card,
     luhn_valid,
+    open_badge_reader,
     strip_sentinels,
 )
 from drivers.base import Health
@@ -231,3 +232,13 @@ def test_evdev_reader_discards_swiped_payment_cards(caplog: pytest.LogCaptureFix
     assert rejects == [DISCARDED, DISCARDED]
     assert [r.getMessage() for r in caplog.records if r.name == "drivers.badge"] == [DISCARDED, DISCARDED]
     assert_nothing_leaked(caplog)
+
+
+def test_open_badge_reader_falls_back_to_the_simulator(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TILLBOX_DEVICES", "sim")
+    reads: list[str] = []
+    with open_badge_reader("by-id/usb-reader-event-kbd", reads.append) as reader:
+        assert isinstance(reader, SimulatedBadgeReader)
+        reader.feed(VISA_TEST)
+        reader.feed("STAFF-7")
+    assert reads == ["STAFF-7"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import threading
 import time
 import tty
@@ -16,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from appliance.errors import DeviceUnavailable, InputError
-from drivers.base import Health
+from drivers.base import Device, Health
 from drivers.scale import (
     LB_IN_KG,
     ScaleNotReady,
@@ -29,6 +30,7 @@ from drivers.scale import (
     encode_preset_tare,
     encode_status,
     encode_weight,
+    open_scale,
     parse_reply,
     serial_scale,
 )
@@ -43,6 +45,10 @@ def _no_leftover_threads() -> Iterator[None]:
     yield
     leftover = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
     assert not leftover, f"threads left running: {leftover}"
+
+
+def health(device: Device) -> Health:
+    return device.health.health
 
 
 @pytest.fixture
@@ -134,7 +140,7 @@ def test_pounds_convert_to_exact_kilograms() -> None:
     reading = ScaleReading(ScaleStatus(), LB, Decimal("2.50"))
     assert reading.weight_kg == Decimal("1.133980925")
     assert isinstance(reading.weight_kg, Decimal)
-    assert LB_IN_KG == Decimal("0.45359237")
+    assert ScaleReading(ScaleStatus(), LB, Decimal(1)).weight_kg == LB_IN_KG
 
 
 # --- driver against the peer over a pty ------------------------------------------------
@@ -146,7 +152,7 @@ def test_stable_weight(scale: SimulatedScale) -> None:
     assert reading.weight_kg == Decimal("1.234")
     assert isinstance(reading.weight_kg, Decimal)
     assert scale.peer.requests == [b"W", b"W"]  # two equal readings make it stable
-    assert scale.health.health == Health.OK
+    assert health(scale) == Health.OK
 
 
 def test_motion_then_settled(scale: SimulatedScale) -> None:
@@ -160,7 +166,7 @@ def test_motion_then_settled(scale: SimulatedScale) -> None:
 
 def test_never_settling_times_out(scale: SimulatedScale) -> None:
     scale.peer.place(Decimal("2"), settle_after=10_000)
-    with pytest.raises(ScaleNotReady, match="not stable within 0.2 s.*motion"):
+    with pytest.raises(ScaleNotReady, match=r"not stable within 0\.2 s.*motion"):
         scale.read_stable(timeout=0.2, interval=0.02)
 
 
@@ -226,12 +232,12 @@ def test_garbage_degrades_then_recovers(scale: SimulatedScale) -> None:
     scale.peer.inject(b"\x02\xff\xfe?x\r")
     with pytest.raises(ScaleProtocolError):
         scale.read()
-    assert scale.health.health == Health.DEGRADED
+    assert health(scale) == Health.DEGRADED
     scale.peer.inject(b"\x02" + b"7" * 40)  # no CR: too long
     with pytest.raises(ScaleProtocolError, match="longer than"):
         scale.read()
     assert scale.read().value == Decimal("1.500")
-    assert scale.health.health == Health.OK
+    assert health(scale) == Health.OK
 
 
 def test_no_reply_is_unavailable_without_dropping_the_port(scale: SimulatedScale) -> None:
@@ -239,9 +245,9 @@ def test_no_reply_is_unavailable_without_dropping_the_port(scale: SimulatedScale
     scale.peer.inject(b"")
     with pytest.raises(DeviceUnavailable, match="did not answer"):
         scale.read()
-    assert scale.health.health == Health.UNAVAILABLE
+    assert health(scale) == Health.UNAVAILABLE
     assert scale.read().value == Decimal("1.500")  # no back-off wait: the port was fine
-    assert scale.health.health == Health.OK
+    assert health(scale) == Health.OK
 
 
 def test_closed_scale_refuses_requests() -> None:
@@ -286,7 +292,7 @@ def test_unplug_and_replug(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> 
         link.unplug()
         with pytest.raises(DeviceUnavailable):
             scale.read()
-        assert scale.health.health == Health.UNAVAILABLE
+        assert health(scale) == Health.UNAVAILABLE
         with pytest.raises(DeviceUnavailable):
             scale.read()  # within the back-off: not even tried
         link = Link(port)
@@ -300,9 +306,48 @@ def test_unplug_and_replug(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> 
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
         assert reading.value == Decimal("0.800")
-        assert scale.health.health == Health.OK
+        assert health(scale) == Health.OK
     finally:
         scale.close()
         link.unplug()
     base_logs = [r for r in caplog.records if r.name == "drivers.base"]
     assert [r.levelno for r in base_logs] == [logging.WARNING, logging.INFO]
+
+
+def test_open_scale_in_sim_mode_speaks_8217(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TILLBOX_DEVICES", "sim")
+    with open_scale("ttyUSB0") as scale:
+        assert isinstance(scale, SimulatedScale)
+        scale.peer.place(Decimal("0.250"))
+        assert scale.read_stable().weight_kg == Decimal("0.25")
+        assert scale.peer.requests == [b"W", b"W"]
+
+
+def read_replies(fd: int, count: int) -> list[bytes]:
+    """Read ``count`` CR-terminated replies from the host end of the link."""
+    data = b""
+    deadline = time.monotonic() + 2
+    while data.count(b"\r") < count:
+        assert time.monotonic() < deadline, f"only got {data!r}"
+        ready, _, _ = select.select([fd], [], [], 0.05)
+        if ready:
+            data += os.read(fd, 64)
+    return [part + b"\r" for part in data.split(b"\r")[:count]]
+
+
+def test_peer_answers_byte_for_byte_as_a_host_sees_it(tmp_path: Path) -> None:
+    link = Link(tmp_path / "scale")
+    try:
+        link.peer.place(Decimal("1.000"))
+        os.write(link.slave, b"W")
+        assert read_replies(link.slave, 1) == [b"\x0201.000\r"]
+        os.write(link.slave, b"T12W")  # a preset cut short by another command
+        assert read_replies(link.slave, 2) == [b"\x02?\xc0\r", b"\x0201.000\r"]
+        assert link.peer.tare_value == Decimal(0)
+        os.write(link.slave, b"T00250\rW")
+        assert read_replies(link.slave, 2) == [b"\x02?`\r", b"\x0200.750N\r"]
+        os.write(link.slave, b"X")
+        assert read_replies(link.slave, 1) == [b"\x02?`\r"]  # unknown command: the status
+    finally:
+        link.unplug()
+    assert link.peer.requests == [b"W", b"T12", b"W", b"T00250\r", b"W", b"X"]

@@ -165,8 +165,10 @@ for i, (usage, code) in enumerate(
 
 
 def test_captured_us_scan_decodes_to_the_ean() -> None:
-    out = decode(WedgeDecoder("us"), [InputEvent(*row) for row in CAPTURE_US])
-    assert out == [Decoded("4006381333931", pytest.approx(1_750_000_000.1296))]
+    [out] = decode(WedgeDecoder("us"), [InputEvent(*row) for row in CAPTURE_US])
+    assert isinstance(out, Decoded)
+    assert out.text == "4006381333931"
+    assert out.at == pytest.approx(1_750_000_000.1296)
 
 
 def test_us_shifted_characters() -> None:
@@ -442,7 +444,7 @@ class FakeKernel:
         self.batches: queue.Queue[list[InputEvent] | OSError] = queue.Queue()
 
     def device(self) -> mock.NonCallableMagicMock:
-        dev = mock.create_autospec(evdev.InputDevice, instance=True)
+        dev: mock.NonCallableMagicMock = mock.create_autospec(evdev.InputDevice, instance=True)
         dev.fileno.return_value = self.rfd
         dev.read.side_effect = self._read
         return dev
@@ -525,7 +527,7 @@ def test_evdev_unplug_and_replug(kernel: FakeKernel, caplog: pytest.LogCaptureFi
         wait_for(lambda: len(seen) == 2)
         scanner.close()
     assert seen == ["4006381333931", "96385074"]
-    assert [s.health for s in states][0] == Health.UNAVAILABLE
+    assert states[0].health == Health.UNAVAILABLE
     assert states[-1].health == Health.OK
     second.grab.assert_called_once_with()
     base_logs = [r for r in caplog.records if r.name == "drivers.base"]
@@ -569,6 +571,12 @@ def test_framer_rejects_garbage_and_keeps_going() -> None:
         "line longer than 16 bytes",
     ]
     assert texts(out) == ["0104006381333931"]
+
+
+def test_framer_tolerates_crlf_on_a_cr_port() -> None:
+    framer = SerialFramer(SerialFraming(terminator="cr"))
+    assert texts(framer.feed(b"4006381333931\r\n96385074\r\n", 1.0)) == ["4006381333931", "96385074"]
+    assert framer.tick(5.0) == []  # the trailing LF is not a half line waiting to time out
 
 
 def test_framer_keeps_gs1_separators_and_times_out_partial_lines() -> None:
