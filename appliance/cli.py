@@ -119,8 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", parents=[common], help="run a console till with a demo catalog")
     demo.add_argument("--reset", action="store_true", help="start from an empty data dir")
-    demo.add_argument("--broker", action="append", default=[], metavar="URL",
-                      help="sync with the shop through this MQTT broker (mqtt://HOST:PORT; repeat for fallbacks)")
+    demo.add_argument(
+        "--broker",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="sync with the shop through this MQTT broker (mqtt://HOST:PORT; repeat for fallbacks)",
+    )
     from sync.__main__ import add_hub_arguments
 
     hub = sub.add_parser("hub", help="run the reference shop hub (the other end of MQTT sync)")

@@ -219,8 +219,9 @@ class Hub:
 
     def _reject(self, topic: str, reason: str) -> None:
         log.warning("hub rejected a message on %s: %s", topic, reason)
-        self.db.execute("INSERT INTO rejected(topic, reason, received_at) VALUES (?, ?, ?)", (topic, reason,
-                                                                                              self._now()))
+        self.db.execute(
+            "INSERT INTO rejected(topic, reason, received_at) VALUES (?, ?, ?)", (topic, reason, self._now())
+        )
 
     def _ingest(self) -> None:
         messages, self._pending = self._pending, []

@@ -89,9 +89,7 @@ BAD_ROWS = [
 
 
 @pytest.mark.parametrize(("row", "message"), BAD_ROWS)
-def test_bad_row_rejects_whole_file_with_line_number(
-    till: Till, tmp_path: Path, row: str, message: str
-) -> None:
+def test_bad_row_rejects_whole_file_with_line_number(till: Till, tmp_path: Path, row: str, message: str) -> None:
     path = _csv(tmp_path, f"G1,Good,1.00,5901234123457,standard\n{row}\nG2,Good2,2.00,GOOD2,standard\n")
     head = till.ledger.head()
     with pytest.raises(ImportRejected) as exc:
@@ -104,9 +102,7 @@ def test_bad_row_rejects_whole_file_with_line_number(
 
 
 def test_skip_bad_imports_the_good_rows(till: Till, tmp_path: Path) -> None:
-    path = _csv(
-        tmp_path, "G1,Good,1.00,5901234123457,standard\nB,Bad,x,123,standard\nG2,Good2,2.00,GOOD2,standard\n"
-    )
+    path = _csv(tmp_path, "G1,Good,1.00,5901234123457,standard\nB,Bad,x,123,standard\nG2,Good2,2.00,GOOD2,standard\n")
     report = _import(till, path, skip_bad=True)
     assert (report.imported, report.skipped) == (2, 1)
     assert report.errors[0].line == 3
@@ -114,9 +110,7 @@ def test_skip_bad_imports_the_good_rows(till: Till, tmp_path: Path) -> None:
 
 
 def test_duplicate_sku_and_barcode_in_one_file(till: Till, tmp_path: Path) -> None:
-    path = _csv(
-        tmp_path, "A,One,1.00,CODE1,standard\nA,Again,1.00,CODE2,standard\nB,Two,1.00,CODE1,standard\n"
-    )
+    path = _csv(tmp_path, "A,One,1.00,CODE1,standard\nA,Again,1.00,CODE2,standard\nB,Two,1.00,CODE1,standard\n")
     with pytest.raises(ImportRejected) as exc:
         _import(till, path)
     messages = [str(e) for e in exc.value.report.errors]

@@ -86,18 +86,12 @@ def test_sigkill_never_loses_or_splits_a_sale(tmp_path: Path) -> None:
         c = led.conn
         present = {r[0] for r in c.execute("SELECT id FROM sales")}
         assert reported <= present
-        assert c.execute("SELECT count(*) FROM journal WHERE type = 'sale.completed'").fetchone()[0] == len(
-            present
-        )
+        assert c.execute("SELECT count(*) FROM journal WHERE type = 'sale.completed'").fetchone()[0] == len(present)
         for sale_id, jseq, line_count in c.execute("SELECT id, journal_seq, line_count FROM sales"):
             lines = c.execute("SELECT count(*) FROM sale_lines WHERE sale_id = ?", (sale_id,)).fetchone()[0]
-            tenders = c.execute("SELECT count(*) FROM sale_tenders WHERE sale_id = ?", (sale_id,)).fetchone()[
-                0
-            ]
+            tenders = c.execute("SELECT count(*) FROM sale_tenders WHERE sale_id = ?", (sale_id,)).fetchone()[0]
             moves = c.execute("SELECT count(*) FROM stock_moves WHERE sale_id = ?", (sale_id,)).fetchone()[0]
-            events = [
-                r[0] for r in c.execute("SELECT type FROM outbox WHERE journal_seq = ? ORDER BY seq", (jseq,))
-            ]
+            events = [r[0] for r in c.execute("SELECT type FROM outbox WHERE journal_seq = ? ORDER BY seq", (jseq,))]
             assert (lines, tenders, moves) == (line_count, 1, 4)
             assert events == ["tillbox.sale.completed", "tillbox.stock.moved", "tillbox.ledger.head"]
         assert c.execute("SELECT count(*) FROM outbox").fetchone()[0] == 3 * len(present) + 1  # + shift opened

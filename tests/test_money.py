@@ -14,9 +14,7 @@ def test_currency_exponents_come_from_cldr() -> None:
     assert Currency.of("KWD").exponent == 3
 
 
-@pytest.mark.parametrize(
-    ("text", "minor"), [("1.99", 199), ("0", 0), ("12", 1200), (" 3.5 ", 350), ("-0.01", -1)]
-)
+@pytest.mark.parametrize(("text", "minor"), [("1.99", 199), ("0", 0), ("12", 1200), (" 3.5 ", 350), ("-0.01", -1)])
 def test_to_minor_is_exact(text: str, minor: int) -> None:
     assert Currency.of("EUR").to_minor(text) == minor
 

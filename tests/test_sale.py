@@ -20,8 +20,8 @@ from appliance.promotions import MultiBuy, PercentOff, Target
 from appliance.sale import Discount, Sale, SalePolicy
 from appliance.tenders import TenderKind
 from appliance.till import Till, open_ledger
-from tests.conftest import open_shift
 from drivers.payment import Outcome, SimulatedTerminal
+from tests.conftest import open_shift
 
 WATER, JUICE, MILK, WINE = "4006381333931", "5901234123457", "4012345678901", "4006040014003"
 NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)

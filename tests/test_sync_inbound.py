@@ -71,7 +71,9 @@ def alerted(led: Ledger) -> bool:
         (js([1, 2]), "not of type 'object'"),
     ],
 )
-def test_bad_snapshots_are_dead_lettered_and_alerted(inbound: Inbound, led: Ledger, payload: bytes, reason: str) -> None:
+def test_bad_snapshots_are_dead_lettered_and_alerted(
+    inbound: Inbound, led: Ledger, payload: bytes, reason: str
+) -> None:
     before = prices(led)
     assert inbound.handle(T + "catalog/snapshot", payload) is False
     [(topic, why)] = dead(led)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,14 +43,14 @@ def till_dir(tmp_path: Path, config: Config) -> Path:
     return d
 
 
-def fast_link(config: Config, data_dir: Path, url: str, **kw: object) -> LinkSettings:
+def fast_link(config: Config, data_dir: Path, url: str, **kw: Any) -> LinkSettings:
     return dataclasses.replace(settings_from_config(config, data_dir, (url,)), backoff_initial=0.05,
                                backoff_cap=0.2, **kw)  # fmt: skip
 
 
-def service(config: Config, data_dir: Path, url: str, **kw: object) -> SyncService:
+def service(config: Config, data_dir: Path, url: str, **kw: Any) -> SyncService:
     kw.setdefault("options", FAST)
-    return SyncService.from_config(config, data_dir, link=fast_link(config, data_dir, url), **kw)  # type: ignore[arg-type]
+    return SyncService.from_config(config, data_dir, link=fast_link(config, data_dir, url), **kw)
 
 
 def sell(config: Config, data_dir: Path, n: int, clock: FrozenClock | None = None) -> list[tuple[str, tuple[int, ...]]]:
@@ -77,7 +78,10 @@ def test_a_sale_reaches_a_subscriber_as_a_valid_cloudevent(broker: Mosquitto, ti
     events = [e for e in everything if e["sequence"] in seqs]
     assert [e["type"] for e in events] == ["tillbox.sale.completed", "tillbox.stock.moved", "tillbox.ledger.head"]
     assert [t.rsplit("/", 1)[1] for t, _ in got if json.loads(_)["sequence"] in seqs] == [
-        "sale.completed", "stock.moved", "ledger.head"]
+        "sale.completed",
+        "stock.moved",
+        "ledger.head",
+    ]
     sale = events[0]
     assert sale["type"] == "tillbox.sale.completed"
     assert sale["sequence"] == seqs[0]
