@@ -183,7 +183,7 @@ class Returns:
             if req.qty <= 0 or (not item.weighed and req.qty != req.qty.to_integral_value()):
                 raise InputError(f"bad return quantity {req.qty} for {item.name}")
             amount = int((req.qty * item.price).to_integral_value())
-            taxed = compute_tax([TaxableLine(str(i), item.tax_class, amount, req.qty)], self.tax)
+            taxed = compute_tax([TaxableLine(str(i), item.tax_class, amount, req.qty, item.weighed)], self.tax)
             lt = taxed.lines[str(i)]
             gross = lt.gross
             lines.append({

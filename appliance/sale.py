@@ -372,7 +372,8 @@ class Sale:
             for ln in active:
                 ln.cart_discount = shares.get(ln.key, 0)
         taxed = compute_tax(
-            [TaxableLine(ln.key, ln.item.tax_class, ln.amount, ln.quantity) for ln in active], self.policy.tax
+            [TaxableLine(ln.key, ln.item.tax_class, ln.amount, ln.quantity, ln.item.weighed) for ln in active],
+            self.policy.tax,
         )
         for ln in self.lines:
             lt = taxed.lines.get(ln.key)

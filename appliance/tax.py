@@ -224,7 +224,8 @@ class RateTotal:
     """Breakdown of one rate over the sale; ``taxable`` is the net base subject to it.
 
     A line taxed on its whole amount adds its net; a line under an excess threshold
-    adds its exact partial base, rounded.
+    adds its exact partial base, rounded. With invoice rounding a tie in the
+    allocation can shift one unit between those two kinds of line.
     """
 
     code: str

@@ -8,20 +8,24 @@ noisy, so an absolute figure alone says little). Run them with ``python -m bench
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import platform
 import sqlite3
+import statistics
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "BenchResult",
     "Metric",
     "Sizes",
+    "Stopwatch",
     "format_result",
     "machine_info",
     "percentile",
@@ -153,6 +157,46 @@ class BenchResult:
             "seconds": self.seconds,
             "passed": self.passed,
         }
+
+
+_T = TypeVar("_T")
+
+
+@functools.cache
+def _clock_overhead() -> tuple[int, int]:
+    """Median wall and CPU nanoseconds that reading both clocks around nothing takes."""
+    wall, cpu = [], []
+    for _ in range(2_000):
+        w0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+        c1, w1 = time.thread_time_ns(), time.perf_counter_ns()
+        wall.append(w1 - w0)
+        cpu.append(c1 - c0)
+    return int(statistics.median(wall)), int(statistics.median(cpu))
+
+
+class Stopwatch:
+    """Times calls in wall-clock time and in the thread's CPU time (user + system).
+
+    On a shared machine the wall time of a call includes whatever the scheduler gave
+    to other processes meanwhile; the CPU time does not, so it is what a dedicated
+    device would see as latency for work that does not wait on I/O. The cost of
+    reading the clocks is measured once and subtracted.
+    """
+
+    def __init__(self) -> None:
+        self.wall: list[int] = []
+        self.cpu: list[int] = []
+        self._wall_offset, self._cpu_offset = _clock_overhead()
+
+    def time(self, fn: Callable[[], _T], *, record: bool = True) -> _T:
+        """Call ``fn`` and record its wall and CPU nanoseconds (unless ``record`` is false)."""
+        w0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+        value = fn()
+        c1, w1 = time.thread_time_ns(), time.perf_counter_ns()
+        if record:
+            self.wall.append(max(0, w1 - w0 - self._wall_offset))
+            self.cpu.append(max(0, c1 - c0 - self._cpu_offset))
+        return value
 
 
 def percentile(values: Sequence[float], q: float) -> float:

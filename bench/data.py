@@ -252,13 +252,17 @@ def sale_doc(
     return sale.complete(now)
 
 
-def open_sale_payloads(
+def other_payloads(
     policy: SalePolicy, items: Sequence[Item], now: datetime, rng: random.Random
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Journal payloads of things a till does besides sales: suspend, resume and void a sale."""
+    """Journal entries a till writes besides sales: log-ins, drawer, suspend, resume, void."""
     sale = Sale(policy=policy, cashier="ann")
     for item in rng.sample(list(items), rng.randint(1, 4)):
         sale.add_item(item, now)
-    suspended = sale.suspend()
-    voided = {**sale.to_doc(), "reason": "customer left"}
-    return [("sale.suspended", suspended), ("sale.resumed", {"id": sale.id}), ("sale.voided", voided)]
+    return [
+        ("staff.login", {"id": "ann", "method": "pin"}),
+        ("sale.suspended", sale.suspend()),
+        ("drawer.opened", {"shift_id": 1, "reason": "change for the float", "by": "ann"}),
+        ("sale.resumed", {"id": sale.id}),
+        ("sale.voided", {**sale.to_doc(), "reason": "customer left"}),
+    ]

@@ -1,9 +1,9 @@
 """Pure ESC/POS codec: printer commands, whole receipts and status bytes.
 
-Nothing here does I/O. :func:`render_receipt` turns a committed sale document and a
-:class:`PrinterProfile` into the exact bytes a printer receives, so receipts are pinned
-byte for byte by golden files. :func:`to_text` reads such bytes back as plain text (the
-simulator's view). Command layouts follow the Epson ESC/POS reference:
+Nothing here does I/O. :func:`render_receipt` turns a :class:`~appliance.receipt.Receipt`
+(a sale, a return or a reprinted copy) and a :class:`PrinterProfile` into the exact bytes a
+printer receives, so receipts are pinned byte for byte by golden files. :func:`to_text`
+reads such bytes back as plain text (the simulator's view). Command layouts follow the Epson ESC/POS reference:
 
 - ``ESC t n`` code table, ``ESC a n`` justification, ``ESC E n`` emphasis, ``GS ! n`` size;
 - ``GS v 0`` raster image, ``GS k 73`` CODE128 (``{A``/``{B``/``{C`` code sets, ``{{`` is a
@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import textwrap
 import unicodedata
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from appliance.errors import DeviceMisconfigured, InputError
-from appliance.money import Currency
 
 if TYPE_CHECKING:
     from PIL.Image import Image
+
+    from appliance.receipt import Receipt
 
 ESC = 0x1B
 GS = 0x1D
@@ -536,33 +536,6 @@ class PrinterProfile:
         return code_page(self.code_page, self.code_table)
 
 
-@dataclass(frozen=True)
-class Letterhead:
-    """Store details printed around every receipt."""
-
-    name: str = ""
-    address: tuple[str, ...] = ()
-    tax_id: str = ""
-    footer: tuple[str, ...] = ()
-    tz: tzinfo = UTC
-
-
-def receipt_reference(doc: Mapping[str, Any]) -> str:
-    """The reference printed on the receipt and encoded in its barcode or QR code.
-
-    ``doc["reference"]`` when the caller set one; else the store-wide sale reference that
-    returns scan (:func:`appliance.returns.sale_reference`); else the sale id.
-    """
-    if doc.get("reference"):
-        return str(doc["reference"])
-    number = doc.get("number")
-    if number is not None and doc.get("device"):
-        from appliance.returns import sale_reference
-
-        return sale_reference(str(doc["device"]), int(number))
-    return str(doc["id"])
-
-
 class _Tape:
     """Accumulates receipt bytes; text goes through the code page, lines are cut to width."""
 
@@ -579,7 +552,10 @@ class _Tape:
 
     def wrapped(self, text: str, indent: str = "") -> None:
         clean = printable(text, self.page)
-        for part in textwrap.wrap(clean, self.width, initial_indent=indent, subsequent_indent=indent) or [""]:
+        parts = textwrap.wrap(
+            clean, self.width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
+        )
+        for part in parts or [""]:
             self.line(part)
 
     def row(self, left: str, right: str) -> None:
@@ -599,6 +575,21 @@ class _Tape:
     def rule(self) -> None:
         self.line("-" * self.width)
 
+    def emphasis(self, text: str, *, tall: bool = False) -> None:
+        """A bold line, double height when ``tall``, wrapped to the width."""
+        self.raw(cmd_bold(True) + (cmd_size(1, 2) if tall else b""))
+        self.wrapped(text)
+        self.raw((cmd_size(1, 1) if tall else b"") + cmd_bold(False))
+
+
+def _qr_code(payload: bytes, profile: PrinterProfile) -> bytes:
+    """A QR code of ``payload`` at the largest module size up to the profile's that fits; b"" if none."""
+    version = qr_version(len(payload), profile.qr_ec)
+    if version is None:
+        return b""
+    size = fit_module_width(qr_modules(version) + 2 * QR_QUIET_MODULES, profile.dots, profile.qr_module, minimum=1)
+    return b"" if size is None else cmd_qr(payload, module=size, ec=profile.qr_ec)
+
 
 def _symbol(reference: str, profile: PrinterProfile) -> bytes:
     """The barcode or QR code of the reference; b"" when none fits or none is wanted."""
@@ -613,146 +604,113 @@ def _symbol(reference: str, profile: PrinterProfile) -> bytes:
             if width is not None:
                 return cmd_code128(data, module=width, height=profile.barcode_height)
     if profile.symbology in ("code128", "qr"):
-        payload = reference.encode("utf-8")
-        version = qr_version(len(payload), profile.qr_ec)
-        if version is not None:
-            modules = qr_modules(version) + 2 * QR_QUIET_MODULES
-            size = fit_module_width(modules, profile.dots, profile.qr_module, minimum=1)
-            if size is not None:
-                return cmd_qr(payload, module=size, ec=profile.qr_ec)
+        return _qr_code(reference.encode("utf-8"), profile)
     return b""
 
 
-def _local_time(stamp: str | None, tz: tzinfo) -> str:
-    if not stamp:
-        return ""
-    moment = datetime.fromisoformat(stamp)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(tz).strftime("%Y-%m-%d %H:%M")
-
-
-def _discount_note(doc: Mapping[str, Any] | None) -> str:
-    if not doc:
-        return ""
-    reason = str(doc.get("reason") or "discount")
-    return f"{reason} {doc['percent']}%" if doc.get("percent") is not None else reason
-
-
-def _lines(tape: _Tape, doc: Mapping[str, Any], money: Any) -> None:
-    for ln in doc["lines"]:
-        name = str(ln["name"])
-        if ln["voided"]:
-            tape.row(f"{name} (VOID)", money(0))
+def _lines(tape: _Tape, receipt: Receipt) -> None:
+    money = receipt.currency.plain
+    for ln in receipt.lines:
+        if ln.voided:
+            tape.row(f"{ln.name} (VOID)", money(0))
             continue
-        qty, unit = str(ln["qty"]), ln.get("unit")
-        if unit == "kg":
-            tape.line(name)
-            tape.row(f"  {qty} kg x {money(ln['unit_price'])}/kg", money(ln["amount"]))
-        elif qty != "1":
-            tape.line(name)
-            tape.row(f"  {qty} x {money(ln['unit_price'])}", money(ln["amount"]))
+        if ln.unit == "kg":
+            tape.line(ln.name)
+            price = f" x {money(ln.unit_price)}/kg" if ln.unit_price else ""
+            tape.row(f"  {ln.qty} kg{price}", money(ln.amount))
+        elif ln.qty != "1":
+            tape.line(ln.name)
+            tape.row(f"  {ln.qty} x {money(ln.unit_price)}" if ln.unit_price else f"  qty {ln.qty}", money(ln.amount))
         else:
-            tape.row(name, money(ln["amount"]))
-        override = ln.get("override")
-        if override:
-            tape.wrapped(f"Price changed from {money(override['original'])}: {override['reason']}", "  ")
-        for reason in ln.get("promotions", []):
+            tape.row(ln.name, money(ln.amount))
+        if ln.note:
+            tape.wrapped(ln.note, "  ")
+        for reason in ln.reasons:
             tape.wrapped(f"* {reason}", "  ")
-        note = _discount_note(ln.get("manual_discount"))
-        if note:
-            tape.wrapped(f"* {note}", "  ")
-        if ln["discount"]:
-            tape.row("  Discount", "-" + money(ln["discount"]))
+        if ln.discount:
+            tape.row("  Discount", money(-ln.discount))
 
 
-def _payments(tape: _Tape, doc: Mapping[str, Any], money: Any) -> None:
-    for t in doc["tenders"]:
-        label = str(t["kind"]).replace("_", " ").title()
-        detail = t.get("detail") or {}
-        if t["kind"] == "cash":
-            tape.row(label, money(t.get("tendered", t["amount"])))
-            continue
-        scheme = detail.get("scheme")
-        tape.row(f"{label} {scheme}" if scheme else label, money(t["amount"]))
-        refs = [f"ref {t['reference']}" if t.get("reference") else "",
-                f"auth {detail['approval_code']}" if detail.get("approval_code") else ""]  # fmt: skip
-        if any(refs):
-            tape.line("  " + " ".join(r for r in refs if r))
-    if doc.get("change"):
-        tape.row("Change", money(doc["change"]))
+def _totals(tape: _Tape, receipt: Receipt) -> None:
+    money = receipt.currency.plain
+    if receipt.discount:
+        tape.row("Subtotal", money(receipt.subtotal))
+        tape.row("Discounts", money(-receipt.discount))
+    if not receipt.prices_include_tax:
+        tape.row("Net", money(receipt.net))
+        tape.row("Tax", money(receipt.tax))
+    tape.raw(cmd_bold(True) + cmd_size(1, 2))
+    tape.row(f"TOTAL {receipt.currency.code}", money(receipt.total))
+    tape.raw(cmd_size(1, 1) + cmd_bold(False))
+    if receipt.rounding:
+        tape.row("Cash rounding", money(receipt.rounding))
+        tape.row("Rounded total", money(receipt.total + receipt.rounding))
+    for t in receipt.tenders:
+        tape.row(t.label, money(t.amount))
+        if t.reference:
+            tape.wrapped(f"ref {t.reference}", "  ")
+    if receipt.change:
+        tape.row("Change", money(receipt.change))
 
 
-def _taxes(tape: _Tape, doc: Mapping[str, Any], money: Any) -> None:
-    rates = doc.get("taxes") or []
-    if not rates:
+def _taxes(tape: _Tape, receipt: Receipt) -> None:
+    if not receipt.taxes:
         return
-    rows = [(f"{r['percent']}% {r['name']}", money(r["taxable"]), money(r["tax"])) for r in rates]
+    money = receipt.currency.plain
+    rows = [(f"{r.percent}% {r.name}", money(r.taxable), money(r.tax)) for r in receipt.taxes]
     widths = [max(len(h), *(len(row[k]) for row in rows)) for k, h in ((1, "Net"), (2, "Tax"))]
     tape.columns(["Tax rate", "Net", "Tax"], widths)
     for row in rows:
         tape.columns(row, widths)
 
 
-def render_receipt(
-    doc: Mapping[str, Any],
-    profile: PrinterProfile,
-    letterhead: Letterhead | None = None,
-    *,
-    logo: RasterImage | None = None,
-    currency: Currency | None = None,
-) -> bytes:
-    """The complete ESC/POS byte stream for a committed sale document."""
-    letterhead = letterhead or Letterhead()
-    currency = currency or Currency.of(str(doc["currency"]))
-    money, code = currency.plain, currency.code
+def render_receipt(receipt: Receipt, profile: PrinterProfile, *, logo: RasterImage | None = None) -> bytes:
+    """The complete ESC/POS byte stream for a receipt (sale, return or reprinted copy).
+
+    The reference is printed as CODE128 or a QR code as the profile asks and the paper
+    allows; the digital receipt link as a QR code, or as text when the profile prints no
+    codes or the link does not fit.
+    """
     tape = _Tape(profile)
     tape.raw(INIT + cmd_code_table(profile.page.table) + cmd_align("center"))
     if logo is not None:
         if logo.width > profile.dots:
             raise DeviceMisconfigured(f"logo is {logo.width} dots wide; the paper takes {profile.dots}")
         tape.raw(cmd_raster(logo))
-    if letterhead.name:
-        tape.raw(cmd_bold(True) + cmd_size(1, 2))
-        tape.line(letterhead.name)
-        tape.raw(cmd_size(1, 1) + cmd_bold(False))
-    for text in letterhead.address:
-        tape.line(text)
-    if letterhead.tax_id:
-        tape.line(f"Tax ID {letterhead.tax_id}")
+    if receipt.store_name:
+        tape.emphasis(receipt.store_name, tall=True)
+    for text in receipt.address:
+        tape.wrapped(text)
+    if receipt.tax_id:
+        tape.line(f"Tax ID {receipt.tax_id}")
+    tape.line()
+    tape.emphasis(receipt.title, tall=True)
+    if receipt.copy:
+        tape.emphasis(f"*** COPY {receipt.copy} ***")
     tape.raw(cmd_align("left"))
     tape.rule()
-    _lines(tape, doc, money)
+    _lines(tape, receipt)
     tape.rule()
-    if doc.get("discount"):
-        tape.row("Subtotal", money(doc["subtotal"]))
-        tape.row("Discounts", "-" + money(doc["discount"]))
-        note = _discount_note(doc.get("cart_discount"))
-        if note:
-            tape.wrapped(f"* {note}", "  ")
-    if not doc.get("prices_include_tax", True):
-        tape.row("Net", money(doc["net"]))
-        tape.row("Tax", money(doc["tax"]))
-    tape.raw(cmd_bold(True) + cmd_size(1, 2))
-    tape.row(f"TOTAL {code}", money(doc["total"]))
-    tape.raw(cmd_size(1, 1) + cmd_bold(False))
-    if doc.get("rounding"):
-        tape.row("Cash rounding", money(doc["rounding"]))
-    _payments(tape, doc, money)
+    _totals(tape, receipt)
     tape.rule()
-    _taxes(tape, doc, money)
+    _taxes(tape, receipt)
     tape.line()
-    reference = receipt_reference(doc)
     tape.raw(cmd_align("center"))
-    tape.line(f"Ref {reference}")
-    when = _local_time(doc.get("completed_at"), letterhead.tz)
-    cashier = doc.get("cashier")
-    tape.line(f"{when}  {cashier}".strip() if cashier else when)
-    symbol = _symbol(reference, profile)
-    if symbol:
-        tape.raw(symbol)
+    tape.wrapped(f"No. {receipt.number}  {receipt.time}  {receipt.staff}".strip())
+    tape.line(f"Ref {receipt.reference}")
+    tape.raw(_symbol(receipt.reference, profile))
+    tape.line(f"J{receipt.journal_seq}:{receipt.hash_prefix}")
+    if receipt.digital_url:
         tape.line()
-    for text in letterhead.footer:
+        tape.line("Your receipt online:")
+        qr = _qr_code(receipt.digital_url.encode("utf-8"), profile) if profile.symbology != "none" else b""
+        tape.raw(qr)
+        if not qr:  # cut into lines, not wrapped: a link has no word breaks
+            for start in range(0, len(receipt.digital_url), tape.width):
+                tape.line(receipt.digital_url[start : start + tape.width])
+    if receipt.footer:
+        tape.line()
+    for text in receipt.footer:
         tape.wrapped(text)
     tape.raw(cmd_align("left"))
     if profile.cut != "none":

@@ -13,20 +13,22 @@ wrap python-escpos backends (pyusb, pyserial, sockets, device files) in the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from appliance.clock import Clock, SystemClock, iso_utc
 from appliance.errors import DeviceMisconfigured, DeviceUnavailable, InputError
+from appliance.receipt import Receipt
 from drivers.base import Device, Health, simulated
 from drivers.escpos_codec import (
     STATUS_REQUESTS,
-    Letterhead,
     PrinterProfile,
     PrinterStatus,
     RasterImage,
@@ -41,25 +43,93 @@ log = logging.getLogger(__name__)
 # -- jobs, queue, alerts --------------------------------------------------------------------------
 
 
+def receipt_to_dict(receipt: Receipt) -> dict[str, Any]:
+    """A receipt as JSON-ready data (lists, strings, ints, booleans, None); read back by :func:`receipt_from_dict`."""
+    data = _plain(receipt)
+    assert isinstance(data, dict)
+    return data
+
+
+def receipt_from_dict(data: Mapping[str, Any]) -> Receipt:
+    """Rebuild a receipt from :func:`receipt_to_dict` data; raises InputError for anything else."""
+    receipt = _build(Receipt, data, "receipt")
+    assert isinstance(receipt, Receipt)
+    return receipt
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _build(cls: Any, data: Any, where: str) -> Any:
+    """An instance of the dataclass ``cls`` from a mapping, checking every field's type."""
+    if not isinstance(data, Mapping):
+        raise InputError(f"{where} must be an object, not {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise InputError(f"{where} has unknown fields: {', '.join(map(str, unknown))}")
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name in data:
+            values[name] = _typed(hints[name], data[name], f"{where}.{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise InputError(f"{where} lacks {name}")
+    return cls(**values)
+
+
+def _typed(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if not isinstance(value, list | tuple):
+            raise InputError(f"{where} must be a list, not {type(value).__name__}")
+        return tuple(_typed(args[0], item, f"{where}[{i}]") for i, item in enumerate(value))
+    if origin in (Union, UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = (a for a in args if a is not type(None))
+        return _typed(inner, value, where)
+    if hint in (str, int, bool) and type(value) is hint:
+        return value
+    raise InputError(f"{where} must be {getattr(hint, '__name__', hint)}, not {type(value).__name__}")
+
+
+def job_key(receipt: Receipt) -> str:
+    """The queue key of a receipt: its reference, and the copy number of a reprint."""
+    return f"{receipt.reference} copy {receipt.copy}" if receipt.copy else receipt.reference
+
+
 @dataclass(frozen=True)
 class PrintJob:
-    """A receipt waiting to be printed: the sale document, never rendered bytes."""
+    """A receipt waiting to be printed: the receipt model, never rendered bytes."""
 
     key: str
-    doc: Mapping[str, Any]
+    receipt: Receipt
     queued_at: str
     attempts: int = 0
     last_error: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, for a daemon that persists the queue."""
-        return {"key": self.key, "doc": dict(self.doc), "queued_at": self.queued_at,
+        return {"key": self.key, "receipt": receipt_to_dict(self.receipt), "queued_at": self.queued_at,
                 "attempts": self.attempts, "last_error": self.last_error}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PrintJob:
-        return cls(key=str(data["key"]), doc=data["doc"], queued_at=str(data["queued_at"]),
-                   attempts=int(data.get("attempts", 0)), last_error=str(data.get("last_error", "")))  # fmt: skip
+        """Read back :meth:`to_dict`; raises InputError for malformed data."""
+        try:
+            return cls(key=str(data["key"]), receipt=receipt_from_dict(data["receipt"]),
+                       queued_at=str(data["queued_at"]), attempts=int(data.get("attempts", 0)),
+                       last_error=str(data.get("last_error", "")))  # fmt: skip
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"print job is malformed: {exc!r}") from None
 
 
 QueueListener = Callable[[tuple[PrintJob, ...]], None]
@@ -149,7 +219,6 @@ class ReceiptPrinter(Device):
         link: Transport | Opener,
         profile: PrinterProfile | None = None,
         *,
-        letterhead: Letterhead | None = None,
         logo: RasterImage | None = None,
         clock: Clock | None = None,
         queue: ReprintQueue | None = None,
@@ -165,7 +234,6 @@ class ReceiptPrinter(Device):
             raise DeviceMisconfigured(f"logo is {logo.width} dots wide; the paper takes {self.profile.dots}")
         if chunk_size < 1:
             raise DeviceMisconfigured("chunk_size must be positive")
-        self.letterhead = letterhead or Letterhead()
         self.logo = logo
         self.queue = queue if queue is not None else ReprintQueue()
         self._clock = clock or SystemClock()
@@ -187,20 +255,20 @@ class ReceiptPrinter(Device):
     def pending(self) -> tuple[PrintJob, ...]:
         return self.queue.jobs()
 
-    def render(self, doc: Mapping[str, Any]) -> bytes:
-        """The receipt bytes for a sale document (pure)."""
-        return render_receipt(doc, self.profile, self.letterhead, logo=self.logo)
+    def render(self, receipt: Receipt) -> bytes:
+        """The ESC/POS bytes of a receipt (pure)."""
+        return render_receipt(receipt, self.profile, logo=self.logo)
 
-    def print_receipt(self, doc: Mapping[str, Any]) -> None:
-        """Print a committed sale's receipt; on any failure queue it and alert, never raise."""
-        key = str(doc.get("id") or doc.get("number") or iso_utc(self._clock.now()))
+    def print_receipt(self, receipt: Receipt) -> None:
+        """Print a receipt (sale, return or copy); on any failure queue it and alert, never raise."""
+        key = job_key(receipt)
         try:
-            data = self.render(doc)
+            data = self.render(receipt)
         except Exception as exc:
-            log.exception("receipt for sale %s cannot be rendered", key)
+            log.exception("receipt %s cannot be rendered", key)
             self.set_health(Health.DEGRADED, f"receipt {key} cannot be rendered: {exc}")
             return
-        job = PrintJob(key=key, doc=doc, queued_at=iso_utc(self._clock.now()))
+        job = PrintJob(key=key, receipt=receipt, queued_at=iso_utc(self._clock.now()))
         try:
             status = self._send_job(data)
         except DeviceUnavailable as exc:
@@ -218,7 +286,7 @@ class ReceiptPrinter(Device):
         printed = 0
         for job in self.queue.jobs():
             try:
-                data = self.render(job.doc)
+                data = self.render(job.receipt)
             except Exception:
                 log.exception("queued receipt %s cannot be rendered; dropped", job.key)
                 self.queue.remove(job.key)

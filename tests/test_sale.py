@@ -387,4 +387,4 @@ def test_totals_equal_lines_and_tenders_cover(ops, inclusive: bool, rounding: st
         sale.pay_cash(sale.totals().due + 7)
     doc = sale.complete(NOW)
     assert sum(x["amount"] for x in doc["tenders"]) == doc["total"] + doc["rounding"]
-    assert doc["change"] == (7 if sale.tenders[-1].kind is TenderKind.CASH else 0)
+    assert doc["change"] == (7 if sale.tenders and sale.tenders[-1].kind is TenderKind.CASH else 0)

@@ -400,7 +400,7 @@ def check_identities(res: TaxResult, lines: list[TaxableLine], pol: TaxPolicy) -
 
 
 @given(sales())
-@settings(max_examples=300)
+@settings(max_examples=200)
 def test_totals_agree_and_drift_stays_within_the_bound(sale: tuple[TaxPolicy, list[TaxableLine]]) -> None:
     pol, lines = sale
     res = compute_tax(lines, pol)
@@ -453,9 +453,14 @@ def test_totals_do_not_depend_on_line_order(sale: tuple[TaxPolicy, list[TaxableL
     pol, lines = sale
     res = compute_tax(lines, pol)
     rev = compute_tax(lines[::-1], pol)
-    assert (rev.total_net, rev.total_tax, rev.rates) == (res.total_net, res.total_tax, res.rates)
+    assert (rev.total_net, rev.total_tax) == (res.total_net, res.total_tax)
+    assert [(r.code, r.tax) for r in rev.rates] == [(r.code, r.tax) for r in res.rates]
     if pol.rounding == "line":
         assert rev.lines == res.lines
+    if pol.rounding == "line" or not any(c.exemptions for c in pol.classes.values()):
+        # With invoice rounding, a tie can move a unit of tax between a whole-line and
+        # a partial-base line, and so a unit of taxable base; otherwise bases are fixed.
+        assert rev.rates == res.rates
 
 
 @given(sales(exempt=False))
