@@ -17,9 +17,10 @@ Promotion kinds
   subtotal after item-level promotions reaches ``threshold``.
 
 Any kind may carry a :class:`Window` and a coupon code (matched case-insensitively).
-Weighed lines never count as units for multi-buy or buy-X-get-Y. Ineligible lines
-(e.g. price overrides) and lines with a non-positive amount, price or quantity take no
-promotion and do not count towards thresholds.
+Weighed lines (and counted lines with a fractional quantity) take unit offers per kg
+(or unit of measure) but never count as units for multi-buy or buy-X-get-Y.
+Ineligible lines (e.g. price overrides) and lines with a non-positive amount, price or
+quantity take no promotion and do not count towards thresholds.
 
 Resolution algorithm
 --------------------
@@ -331,8 +332,10 @@ _ItemPromotion: TypeAlias = PercentOff | AmountOff | MultiBuy | BuyXGetY
 class PromoLine:
     """A cart line as the engine sees it; ``amount`` is the line amount before promotions.
 
-    Counted lines need an integral ``quantity`` and ``amount == unit_price * quantity``;
-    weighed lines carry kg in ``quantity`` and their rounded amount.
+    Eligible counted lines need ``amount == unit_price * quantity``. Weighed lines carry
+    kg in ``quantity`` and their rounded amount; a counted line with a fractional
+    quantity (metres of cloth) is treated like one. Ineligible lines (price overrides,
+    label prices) are not checked: they take nothing.
     """
 
     key: str
@@ -356,11 +359,9 @@ class PromoLine:
                 raise InputError(f"{what}: {name} must be an integer of minor units, got {value!r}")
         if not isinstance(self.quantity, Decimal) or not self.quantity.is_finite():
             raise InputError(f"{what}: quantity must be a finite Decimal, got {self.quantity!r}")
-        if not self.weighed:
-            if self.quantity != self.quantity.to_integral_value():
-                raise InputError(f"{what}: counted quantity {self.quantity} must be whole")
-            if self.amount != self.unit_price * int(self.quantity):
-                raise InputError(f"{what}: amount {self.amount} is not unit_price {self.unit_price} x {self.quantity}")
+        counted = self.eligible and not self.weighed and self.quantity == self.quantity.to_integral_value()
+        if counted and self.amount != self.unit_price * int(self.quantity):
+            raise InputError(f"{what}: amount {self.amount} is not unit_price {self.unit_price} x {self.quantity}")
 
 
 @dataclass(frozen=True)
@@ -866,11 +867,12 @@ class _Cart:
         by_sku: dict[str, list[int]] = {}
         by_dept: dict[str, list[int]] = {}
         self.promotable, self.by_sku, self.by_dept = promotable, by_sku, by_dept
-        self.weighed = [ln.weighed for ln in ordered]
+        # Weighed, or measured in fractions: never counted as units.
+        self.weighed = [ln.weighed or ln.quantity != ln.quantity.to_integral_value() for ln in ordered]
         for i, ln in enumerate(ordered):
             if not ln.eligible or ln.amount <= 0 or ln.quantity <= 0:
                 continue
-            if ln.weighed:
+            if self.weighed[i]:
                 price[i], count[i] = ln.amount, 1
             elif ln.unit_price > 0:
                 price[i], count[i] = ln.unit_price, int(ln.quantity)

@@ -682,7 +682,7 @@ def render_receipt(receipt: Receipt, profile: PrinterProfile, *, logo: RasterIma
     for text in receipt.address:
         tape.wrapped(text)
     if receipt.tax_id:
-        tape.line(f"Tax ID {receipt.tax_id}")
+        tape.wrapped(f"Tax ID {receipt.tax_id}")
     tape.line()
     tape.emphasis(receipt.title, tall=True)
     if receipt.copy:
@@ -697,7 +697,7 @@ def render_receipt(receipt: Receipt, profile: PrinterProfile, *, logo: RasterIma
     tape.line()
     tape.raw(cmd_align("center"))
     tape.wrapped(f"No. {receipt.number}  {receipt.time}  {receipt.staff}".strip())
-    tape.line(f"Ref {receipt.reference}")
+    tape.wrapped(f"Ref {receipt.reference}")
     tape.raw(_symbol(receipt.reference, profile))
     tape.line(f"J{receipt.journal_seq}:{receipt.hash_prefix}")
     if receipt.digital_url:
@@ -706,8 +706,9 @@ def render_receipt(receipt: Receipt, profile: PrinterProfile, *, logo: RasterIma
         qr = _qr_code(receipt.digital_url.encode("utf-8"), profile) if profile.symbology != "none" else b""
         tape.raw(qr)
         if not qr:  # cut into lines, not wrapped: a link has no word breaks
-            for start in range(0, len(receipt.digital_url), tape.width):
-                tape.line(receipt.digital_url[start : start + tape.width])
+            link = printable(receipt.digital_url, tape.page)
+            for start in range(0, len(link), tape.width):
+                tape.line(link[start : start + tape.width])
     if receipt.footer:
         tape.line()
     for text in receipt.footer:

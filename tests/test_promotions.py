@@ -171,6 +171,16 @@ def test_weighed_lines_never_count_as_units() -> None:
     assert run(lines, promos).total == 0
 
 
+def test_fractional_counted_lines_are_measured_like_weighed_ones() -> None:
+    cloth = PromoLine("c", "cloth", "fabric", 200, D("1.5"), 300)  # 1.5 m at 2.00
+    promos: list[Promotion] = [
+        AmountOff("a", "0.50/m off", skus("cloth"), 50),
+        MultiBuy("m", "1 for 1.00", skus("cloth"), 1, price=100),
+    ]
+    result = run([cloth], promos)
+    assert [(a.promo_id, a.amount) for a in result.applied] == [("a", 75)]
+
+
 def test_amount_off_per_kg_never_exceeds_the_line() -> None:
     cheap = line("a", "carrots", 40, "0.500", weighed=True)  # 0.20
     result = run([cheap], [AmountOff("k", "1.00/kg off", skus("carrots"), 100)])
@@ -557,6 +567,12 @@ def test_ineligible_lines_take_nothing_and_do_not_count() -> None:
     assert result.line_discounts == {"a": 0, "b": 300, "c": 300}
 
 
+def test_ineligible_lines_may_carry_any_amount() -> None:
+    label_price = PromoLine("l", "x", "grocery", 500, D(1), 377, eligible=False)
+    result = run([label_price, line("a", "x", 500)], [PercentOff("p", "-10%", skus("x"), D(10))])
+    assert result.line_discounts == {"l": 0, "a": 50}
+
+
 def test_returns_and_free_lines_are_ignored() -> None:
     refund = PromoLine("r", "x", "grocery", 500, D(-1), -500)
     free = line("f", "x", 0, 3)
@@ -582,7 +598,6 @@ def test_duplicate_keys_and_ids_are_rejected() -> None:
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda: PromoLine("a", "x", "d", 100, D("1.5"), 150), "must be whole"),
         (lambda: PromoLine("a", "x", "d", 100, D(2), 150), "is not unit_price"),
         (lambda: PromoLine("a", "x", "d", 100, 2, 200), "finite Decimal"),  # type: ignore[arg-type]
         (lambda: PromoLine("", "x", "d", 100, D(1), 100), "non-empty"),

@@ -119,7 +119,7 @@ class Decoder:
                 self._inside = True
             elif not self._inside:
                 self.noise += 1
-            elif byte == LF or byte == CR:
+            elif byte in (LF, CR):
                 self._inside = False
                 frame = self._parse(bytes(self._buf))
                 self._buf = bytearray()
@@ -263,7 +263,9 @@ def unpack_nak(payload: bytes) -> tuple[int, int]:
     return payload[0], payload[1] if len(payload) > 1 else 0
 
 
-def pack_sim_state(fallback: bool, dropped: int, lights: list[tuple[int, int]], outputs: list[tuple[int, int, int]]) -> bytes:
+def pack_sim_state(
+    fallback: bool, dropped: int, lights: list[tuple[int, int]], outputs: list[tuple[int, int, int]]
+) -> bytes:
     """Simulator snapshot: lights as ``(duty_u16, toggles)``, outputs as ``(level, pulses, last_ms)``."""
     out = struct.pack(">BH", 1 if fallback else 0, dropped & 0xFFFF) + bytes([len(lights), len(outputs)])
     for duty, toggles in lights:

@@ -6,13 +6,13 @@
 # the simulator the control link. When no valid host frame arrives within the heartbeat
 # timeout the tower shows tbc_config.FALLBACK ("help needed") until the host is heard again.
 
+import asyncio
 import sys
 import time
 
-import asyncio
 import tbc_config
 import tbc_hal
-import tbc_proto as P
+import tbc_proto as proto
 
 FIRMWARE = "tbc 1.0.0"
 FULL = 65535
@@ -21,11 +21,11 @@ REBASE_MS = 3600000  # move the pattern origin forward hourly, by whole minutes
 
 def pattern_duty(pattern, period, elapsed):
     """Duty 0..65535 of a light ``elapsed`` ms into its pattern."""
-    if pattern == P.P_STEADY:
+    if pattern == proto.P_STEADY:
         return FULL
-    if pattern == P.P_BLINK:
+    if pattern == proto.P_BLINK:
         return FULL if elapsed % period < period // 2 else 0
-    if pattern == P.P_PULSE:
+    if pattern == proto.P_PULSE:
         half = period // 2
         phase = elapsed % period
         level = (phase if phase < half else period - phase) * 255 // half
@@ -64,7 +64,7 @@ class Companion:
         self.hal = hal
         self.config = config
         now = time.ticks_ms()
-        self.off = [(P.P_OFF, 0)] * len(hal.lights)
+        self.off = [(proto.P_OFF, 0)] * len(hal.lights)
         self.host_lights = self.off
         self.shown = self.off
         self.t0 = now
@@ -72,8 +72,8 @@ class Companion:
         self.last_heard = now
         self.fallback = False
         self.fell_back = False
-        self.decoder = P.Decoder()
-        self.ctl_decoder = P.Decoder()
+        self.decoder = proto.Decoder()
+        self.ctl_decoder = proto.Decoder()
         self.inputs = [Debounced(pin, spec[2], now) for pin, spec in zip(hal.inputs, config.INPUTS)]
         self.pulsing = [False] * len(hal.outputs)
         self.seq = 0
@@ -85,7 +85,7 @@ class Companion:
         if seq is None:
             seq = self.seq
             self.seq = (self.seq + 1) & 0xFF
-        self.hal.link.write(P.encode(kind, seq, payload))
+        self.hal.link.write(proto.encode(kind, seq, payload))
 
     def show(self, lights, now):
         if lights != self.shown:
@@ -124,60 +124,60 @@ class Companion:
     def on_host(self, kind, seq, payload, now):
         self.heard(now)
         try:
-            if kind == P.HEARTBEAT:
-                self.send(P.STATUS, self.status(), seq)
-            elif kind == P.SET_LIGHTS:
-                self.set_lights(P.unpack_lights(payload), seq, now)
-            elif kind == P.PULSE:
-                self.pulse(P.unpack_pulse(payload), seq)
-            elif kind == P.HELLO:
-                self.hello(P.unpack_hello(payload), seq)
+            if kind == proto.HEARTBEAT:
+                self.send(proto.STATUS, self.status(), seq)
+            elif kind == proto.SET_LIGHTS:
+                self.set_lights(proto.unpack_lights(payload), seq, now)
+            elif kind == proto.PULSE:
+                self.pulse(proto.unpack_pulse(payload), seq)
+            elif kind == proto.HELLO:
+                self.hello(proto.unpack_hello(payload), seq)
             else:
-                self.send(P.NAK, P.pack_nak(P.E_UNKNOWN), seq)
+                self.send(proto.NAK, proto.pack_nak(proto.E_UNKNOWN), seq)
         except ValueError:
-            self.send(P.NAK, P.pack_nak(P.E_PAYLOAD), seq)
+            self.send(proto.NAK, proto.pack_nak(proto.E_PAYLOAD), seq)
 
     def status(self):
-        flags = P.F_FELL_BACK if self.fell_back else 0
+        flags = proto.F_FELL_BACK if self.fell_back else 0
         self.fell_back = False
-        return P.pack_status(flags, [i.stable for i in self.inputs], [i.count for i in self.inputs])
+        return proto.pack_status(flags, [i.stable for i in self.inputs], [i.count for i in self.inputs])
 
     def hello(self, request, seq):
         lo, hi, heartbeat_ms = request
-        if not lo <= P.VERSION <= hi:
-            self.send(P.NAK, P.pack_nak(P.E_VERSION, P.VERSION), seq)
+        if not lo <= proto.VERSION <= hi:
+            self.send(proto.NAK, proto.pack_nak(proto.E_VERSION, proto.VERSION), seq)
             return
-        self.timeout_ms = min(max(heartbeat_ms, P.MIN_HEARTBEAT_MS), P.MAX_HEARTBEAT_MS)
+        self.timeout_ms = min(max(heartbeat_ms, proto.MIN_HEARTBEAT_MS), proto.MAX_HEARTBEAT_MS)
         hal = self.hal
-        welcome = P.pack_welcome(
-            P.VERSION, len(hal.lights), len(hal.outputs), len(hal.inputs), self.timeout_ms, FIRMWARE
+        welcome = proto.pack_welcome(
+            proto.VERSION, len(hal.lights), len(hal.outputs), len(hal.inputs), self.timeout_ms, FIRMWARE
         )
-        self.send(P.WELCOME, welcome, seq)
+        self.send(proto.WELCOME, welcome, seq)
 
     def set_lights(self, lights, seq, now):
         if len(lights) > len(self.off):
-            self.send(P.NAK, P.pack_nak(P.E_RANGE), seq)
+            self.send(proto.NAK, proto.pack_nak(proto.E_RANGE), seq)
             return
         for pattern, period in lights:
-            error = P.light_error(pattern, period)
+            error = proto.light_error(pattern, period)
             if error:
-                self.send(P.NAK, P.pack_nak(error), seq)
+                self.send(proto.NAK, proto.pack_nak(error), seq)
                 return
         self.host_lights = (lights + self.off)[: len(self.off)]
         if not self.fallback:
             self.show(self.host_lights, now)
-        self.send(P.ACK, b"", seq)
+        self.send(proto.ACK, b"", seq)
 
     def pulse(self, request, seq):
         index, duration_ms = request
-        if index >= len(self.hal.outputs) or not P.MIN_PULSE_MS <= duration_ms <= P.MAX_PULSE_MS:
-            self.send(P.NAK, P.pack_nak(P.E_RANGE), seq)
+        if index >= len(self.hal.outputs) or not proto.MIN_PULSE_MS <= duration_ms <= proto.MAX_PULSE_MS:
+            self.send(proto.NAK, proto.pack_nak(proto.E_RANGE), seq)
         elif self.pulsing[index]:
-            self.send(P.NAK, P.pack_nak(P.E_BUSY), seq)
+            self.send(proto.NAK, proto.pack_nak(proto.E_BUSY), seq)
         else:
             self.pulsing[index] = True
             asyncio.create_task(self.run_pulse(index, duration_ms))
-            self.send(P.ACK, b"", seq)
+            self.send(proto.ACK, b"", seq)
 
     async def run_pulse(self, index, duration_ms):
         out = self.hal.outputs[index]
@@ -192,21 +192,21 @@ class Companion:
 
     def on_ctl(self, kind, seq, payload):
         hal = self.hal
-        reply = P.ACK
+        reply = proto.ACK
         body = b""
-        if kind == P.SIM_INPUT and len(payload) == 2 and payload[0] < len(hal.inputs):
+        if kind == proto.SIM_INPUT and len(payload) == 2 and payload[0] < len(hal.inputs):
             hal.inputs[payload[0]].level = payload[1] == 1
-        elif kind == P.SIM_PEEK:
-            reply = P.SIM_STATE
+        elif kind == proto.SIM_PEEK:
+            reply = proto.SIM_STATE
             lights = [(light.value, light.toggles) for light in hal.lights]
             outputs = [(out.level, out.pulses, out.last_ms) for out in hal.outputs]
-            body = P.pack_sim_state(self.fallback, self.decoder.dropped, lights, outputs)
-        elif kind == P.SIM_EMIT:
+            body = proto.pack_sim_state(self.fallback, self.decoder.dropped, lights, outputs)
+        elif kind == proto.SIM_EMIT:
             hal.link.write(payload)
         else:
-            reply = P.NAK
-            body = P.pack_nak(P.E_UNKNOWN)
-        hal.ctl.write(P.encode(reply, seq, body))
+            reply = proto.NAK
+            body = proto.pack_nak(proto.E_UNKNOWN)
+        hal.ctl.write(proto.encode(reply, seq, body))
 
     # -- tasks -----------------------------------------------------------------------------------
 
@@ -224,7 +224,7 @@ class Companion:
             now = time.ticks_ms()
             for index, inp in enumerate(self.inputs):
                 if inp.sample(now):
-                    self.send(P.EVENT, P.pack_event(index, inp.stable, inp.count))
+                    self.send(proto.EVENT, proto.pack_event(index, inp.stable, inp.count))
             await asyncio.sleep_ms(5)
 
     async def light_task(self):
@@ -244,7 +244,7 @@ class Companion:
 
     async def run(self):
         self.update_lights(time.ticks_ms())
-        self.send(P.BOOT, P.pack_boot(P.VERSION, FIRMWARE))
+        self.send(proto.BOOT, proto.pack_boot(proto.VERSION, FIRMWARE))
         asyncio.create_task(self.link_task())
         asyncio.create_task(self.input_task())
         asyncio.create_task(self.light_task())
