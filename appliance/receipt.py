@@ -107,6 +107,28 @@ def _digital_url(template: str, doc: Mapping[str, Any], reference: str) -> str |
                            number=doc.get("number", ""), reference=reference)  # fmt: skip
 
 
+def _line_note(ln: Mapping[str, Any], currency: Currency) -> str:
+    notes = []
+    if "override" in ln:
+        o = ln["override"]
+        notes.append(f"price {currency.plain(o['original'])} -> {currency.plain(o['price'])}: {o['reason']}")
+    manual = ln.get("manual_discount")
+    if manual and manual.get("reason"):
+        what = f"{manual['percent']}%" if manual.get("percent") else currency.plain(manual["amount"])
+        notes.append(f"{what} off: {manual['reason']}")
+    return "; ".join(notes)
+
+
+def _tender_ref(tender: Mapping[str, Any]) -> str | None:
+    """The tender's reference, with the card scheme and approval code a card receipt must show."""
+    detail = tender.get("detail") or {}
+    parts = [detail.get("scheme", ""), tender.get("reference") or "", detail.get("approval_code", "")]
+    if parts[2]:
+        parts[2] = f"auth {parts[2]}"
+    text = " ".join(p for p in parts if p)
+    return text or None
+
+
 def sale_receipt(doc: Mapping[str, Any], currency: Currency, store: StoreInfo, *, journal_seq: int,
                  journal_hash: str, copy: int = 0) -> Receipt:  # fmt: skip
     """Build the receipt of a committed sale document."""
@@ -115,12 +137,12 @@ def sale_receipt(doc: Mapping[str, Any], currency: Currency, store: StoreInfo, *
         ReceiptLine(
             name=ln["name"], qty=ln["qty"], unit=ln["unit"], unit_price=ln["unit_price"], amount=ln["amount"],
             discount=ln["discount"], reasons=tuple(ln.get("promotions", ())), voided=ln["voided"],
-            note=f"price override: {ln['override']['reason']}" if "override" in ln else "",
+            note=_line_note(ln, currency),
         )
         for ln in doc["lines"]
     )  # fmt: skip
     tenders = tuple(
-        ReceiptTender(t["kind"].replace("_", " ").title(), t.get("tendered") or t["amount"], t.get("reference"))
+        ReceiptTender(t["kind"].replace("_", " ").title(), t.get("tendered") or t["amount"], _tender_ref(t))
         for t in doc["tenders"]
     )
     return Receipt(
@@ -186,7 +208,7 @@ def render_text(receipt: Receipt, width: int = 42) -> str:
         if ln.qty != "1" or ln.unit == "kg":
             unit = "kg" if ln.unit == "kg" else "x"
             out.append(name[:width])
-            price = f" @ {money(ln.unit_price)}" if ln.unit_price else ""
+            price = f" {money(ln.unit_price)}" if ln.unit_price else ""
             out.append(_row(f"  {ln.qty} {unit}{price}", money(ln.amount), width))
         else:
             out.append(_row(name, money(ln.amount), width))

@@ -7,6 +7,7 @@ including pseudo-terminals in tests), TCP, a file, or an in-memory simulator.
 from __future__ import annotations
 
 import socket
+import termios
 import threading
 import time
 from collections import deque
@@ -38,7 +39,7 @@ class SerialTransport:
         try:
             self._port = serial.Serial(port, baudrate=baudrate, bytesize=bytesize, parity=parity,
                                        stopbits=stopbits, rtscts=rtscts, timeout=0)  # fmt: skip
-        except (serial.SerialException, OSError) as exc:
+        except (serial.SerialException, OSError, termios.error) as exc:
             raise DeviceUnavailable(f"cannot open serial port {port}: {exc}") from exc
         self.port = port
 
@@ -54,10 +55,10 @@ class SerialTransport:
     def read(self, size: int, timeout: float) -> bytes:
         import serial
 
-        self._port.timeout = max(0.0, timeout)
         try:
+            self._port.timeout = max(0.0, timeout)
             return bytes(self._port.read(size))
-        except (serial.SerialException, OSError) as exc:
+        except (serial.SerialException, OSError, termios.error) as exc:
             raise DeviceUnavailable(f"read from {self.port} failed: {exc}") from exc
 
     def close(self) -> None:

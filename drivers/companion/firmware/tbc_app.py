@@ -91,6 +91,7 @@ class Companion:
         if lights != self.shown:
             self.shown = lights
             self.t0 = now
+            self.update_lights(now)
 
     def set_led(self, on):
         if self.hal.led is not None:
