@@ -290,7 +290,8 @@ def test_receipt_structure(shop: Shop, paper: int, page: str, table: int) -> Non
     total = next(line for line in lines if line.startswith("TOTAL EUR"))
     assert total.endswith(" 12.60") and len(total) == profile.columns
     entry = shop.done.committed.journal
-    for expected in ("RECEIPT", "* Water 3 for 2", "1.235 kg x 1.69/kg", "2 x 1.19", "price 1.29 -> 1.19: shelf", "10% off: damaged label",
+    for expected in ("RECEIPT", "* Water 3 for 2", "1.235 kg x 1.69/kg", "2 x 1.19", "price 1.29 -> 1.19: shelf",
+                     "10% off: damaged label",
                      "Shopping Bag (VOID)", "ref VISA SIM000001", "Change", "7% Reduced rate", "19% Standard rate",
                      "Ref TB-till-1-000001", "No. 1  2026-03-02 10:30  anna", f"J{entry.seq}:{entry.hash[:8]}",
                      "Your receipt online:", "[QR https://r.example.com/demo/TB-till-1-000001]", "Tax ID DE123456789",
