@@ -113,6 +113,27 @@ def build_parser() -> argparse.ArgumentParser:
     rpr.add_argument("receipt")
     rpr.add_argument("--staff", default="console")
 
+    prov = sub.add_parser("provision", help="first-boot provisioning").add_subparsers(dest="action", required=True)
+    pw = prov.add_parser("write", help="write and validate a provisioning file for the boot partition")
+    pw.add_argument("--store", required=True)
+    pw.add_argument("--device", required=True)
+    pw.add_argument("--broker", action="append", required=True, help="mqtt:// or mqtts:// URL (repeat)")
+    pw.add_argument("--token", required=True, help="one-time enrollment token from `tillbox enroll-token`")
+    pw.add_argument("--timezone", default="UTC")
+    pw.add_argument("--locale", default="en_US")
+    pw.add_argument("--wifi-ssid")
+    pw.add_argument("--wifi-psk")
+    pw.add_argument("--out", type=Path, required=True, help="e.g. the mounted boot partition's tillbox-provision.toml")
+    pc = prov.add_parser("check", help="validate a provisioning file")
+    pc.add_argument("file", type=Path)
+    pa = prov.add_parser("apply", parents=[common], help="provision this device from a file (first boot)")
+    pa.add_argument("file", type=Path)
+    pa.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the hub")
+    tok = sub.add_parser("enroll-token", help="issue a one-time enrollment token (on the hub)")
+    tok.add_argument("--store", required=True)
+    tok.add_argument("--device", required=True)
+    tok.add_argument("--data-dir", type=Path, required=True, help="the hub's data directory")
+
     cfg = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True)
     cfg.add_parser("check", parents=[common], help="validate the config file")
     cfg.add_parser("reference", help="print the config reference (Markdown)")
@@ -386,6 +407,48 @@ def cmd_reprint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_provision_write(args: argparse.Namespace) -> int:
+    from appliance import provision
+
+    wifi = {"ssid": args.wifi_ssid, "psk": args.wifi_psk or ""} if args.wifi_ssid else {}
+    p = provision.Provisioning(args.store, args.device, tuple(args.broker), args.token, args.timezone, args.locale,
+                               wifi)  # fmt: skip
+    text = provision.render(p)
+    provision.parse(text, str(args.out))  # the same validation the device runs
+    args.out.write_text(text, encoding="utf-8")
+    print(f"wrote {args.out} for {args.store}/{args.device}")
+    return 0
+
+
+def cmd_provision_check(args: argparse.Namespace) -> int:
+    from appliance import provision
+
+    p = provision.load(args.file)
+    token = "with a token" if p.enrollment_token else "without a token (already used?)"
+    print(f"{args.file}: ok, {p.store_id}/{p.device_id}, {len(p.brokers)} broker(s), {token}")
+    return 0
+
+
+def cmd_provision_apply(args: argparse.Namespace) -> int:
+    from appliance import provision
+    from sync.enroll import enroll
+
+    try:
+        done = provision.apply(args.file, args.data_dir, lambda p, csr: enroll(p, csr, timeout=args.timeout))
+    except provision.ProvisionError as exc:
+        print(f"tillbox: provisioning failed: {exc}", file=sys.stderr)
+        return 2
+    print(f"provisioned as {done['store_id']}/{done['device_id']}")
+    return 0
+
+
+def cmd_enroll_token(args: argparse.Namespace) -> int:
+    from sync.enroll import EnrollmentAuthority
+
+    print(EnrollmentAuthority(args.data_dir).issue_token(args.store, args.device))
+    return 0
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     config, _ = _load(args)
     print(f"config ok: store {config.store.id} device {config.store.device_id}")
@@ -436,6 +499,10 @@ COMMANDS = {
     ("staff", "add"): cmd_staff_add,
     ("return", None): cmd_return,
     ("reprint", None): cmd_reprint,
+    ("provision", "write"): cmd_provision_write,
+    ("provision", "check"): cmd_provision_check,
+    ("provision", "apply"): cmd_provision_apply,
+    ("enroll-token", None): cmd_enroll_token,
     ("config", "check"): cmd_config_check,
     ("config", "reference"): cmd_config_reference,
     ("demo", None): cmd_demo,

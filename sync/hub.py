@@ -559,8 +559,12 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("hub on %s, data in %s", ", ".join(args.broker), args.data_dir)
+    from sync.enroll import EnrollmentAuthority, EnrollmentServer
+
+    enrollment = EnrollmentServer(EnrollmentAuthority(args.data_dir), args.broker[0])
     try:
         hub.run()
     finally:
+        enrollment.close()
         hub.close()
     return 0
