@@ -134,6 +134,25 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--device", required=True)
     tok.add_argument("--data-dir", type=Path, required=True, help="the hub's data directory")
 
+    upd = sub.add_parser("update", help="signed updates").add_subparsers(dest="action", required=True)
+    ub = upd.add_parser("build", help="pack and sign an update bundle (release tooling)")
+    ub.add_argument("src", type=Path, help="the built appliance directory (venv or PyInstaller output)")
+    ub.add_argument("--version", required=True, dest="bundle_version")
+    ub.add_argument("--key", type=Path, required=True, help="ed25519 private key (PEM)")
+    ub.add_argument("--out", type=Path, required=True)
+    ui_ = upd.add_parser("install", parents=[common], help="verify a bundle and switch to it (pending its gate)")
+    ui_.add_argument("bundle", type=Path)
+    ui_.add_argument("--root", type=Path, default=Path("/opt/tillbox"))
+    ui_.add_argument("--keys", type=Path, default=Path("/etc/tillbox/update-keys"), help="directory of *.pem")
+    ui_.add_argument("--force", action="store_true", help="install even during an open sale or shift")
+    ug = upd.add_parser("gate", parents=[common], help="confirm a pending version, or roll it back")
+    ug.add_argument("--root", type=Path, default=Path("/opt/tillbox"))
+    ug.add_argument("--url", default="http://127.0.0.1:8080/api/v1/health")
+    ug.add_argument("--wait", type=float, default=60.0)
+    hl = sub.add_parser("health", help="check (and wait for) the daemon's health endpoint")
+    hl.add_argument("--url", default="http://127.0.0.1:8080/api/v1/health")
+    hl.add_argument("--wait", type=float, default=0.0, help="seconds to keep trying")
+
     cfg = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True)
     cfg.add_parser("check", parents=[common], help="validate the config file")
     cfg.add_parser("reference", help="print the config reference (Markdown)")
@@ -153,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--data-dir", type=Path, required=True, help="directory for the hub's database")
     hub.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     add_hub_arguments(hub)
+
+    companion = sub.add_parser("companion", help="self-checkout companion board firmware")
+    comp = companion.add_subparsers(dest="action", required=True)
+    cbuild = comp.add_parser("build", help="compile the firmware to .mpy with mpy-cross")
+    cbuild.add_argument("--out", type=Path, default=Path("build/companion"), help="output dir (default: %(default)s)")
+    cflash = comp.add_parser("flash", help="build the firmware and copy it to the board with mpremote")
+    cflash.add_argument("--port", help="serial port (default: the first Pico found by USB VID/PID)")
     return parser
 
 
@@ -449,6 +475,71 @@ def cmd_enroll_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _healthy(url: str, wait: float) -> bool:
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - a local URL from the command line
+                if resp.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    if _healthy(args.url, args.wait):
+        print("healthy")
+        return 0
+    print(f"tillbox: error: {args.url} is not healthy", file=sys.stderr)
+    return 1
+
+
+def cmd_update_build(args: argparse.Namespace) -> int:
+    from appliance.update import build_bundle
+
+    manifest = build_bundle(args.src, args.bundle_version, args.key.read_bytes(), args.out)
+    print(f"built {args.out}: version {manifest.version}, {len(manifest.files)} files")
+    return 0
+
+
+def cmd_update_install(args: argparse.Namespace) -> int:
+    from appliance.update import Installer, load_public_keys, trading
+
+    keys = load_public_keys(sorted(args.keys.glob("*.pem")))
+    if not keys:
+        raise InputError(f"no trusted update keys in {args.keys}")
+    version = Installer(args.root).install(args.bundle, keys, busy=lambda: trading(args.data_dir), force=args.force)
+    print(f"installed {version}; restart tillbox and run `tillbox update gate` to confirm it")
+    return 0
+
+
+def cmd_update_gate(args: argparse.Namespace) -> int:
+    from appliance.ledger import verify
+    from appliance.update import Installer
+
+    def healthy() -> bool:
+        if not _healthy(args.url, args.wait):
+            return False
+        till = _open(args)
+        with till.ledger:
+            return verify(till.ledger).ok
+
+    inst = Installer(args.root)
+    pending = inst.pending
+    if inst.gate(healthy):
+        print(f"version {inst.current} is good" if pending else "nothing pending")
+        return 0
+    print(f"tillbox: error: version {pending} failed its health gate; rolled back to {inst.current}", file=sys.stderr)
+    return 1
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     config, _ = _load(args)
     print(f"config ok: store {config.store.id} device {config.store.device_id}")
@@ -486,6 +577,22 @@ def cmd_hub(args: argparse.Namespace) -> int:
     return hub_main(args)
 
 
+def cmd_companion_build(args: argparse.Namespace) -> int:
+    from drivers.companion.build import compile_firmware
+
+    for path in compile_firmware(args.out):
+        print(path)
+    return 0
+
+
+def cmd_companion_flash(args: argparse.Namespace) -> int:
+    from drivers.companion.build import flash_board
+
+    port, files = flash_board(args.port)
+    print(f"flashed {', '.join(f.name for f in files)} to {port}")
+    return 0
+
+
 COMMANDS = {
     ("catalog", "import"): cmd_catalog_import,
     ("catalog", "promotions"): cmd_catalog_promotions,
@@ -503,10 +610,16 @@ COMMANDS = {
     ("provision", "check"): cmd_provision_check,
     ("provision", "apply"): cmd_provision_apply,
     ("enroll-token", None): cmd_enroll_token,
+    ("update", "build"): cmd_update_build,
+    ("update", "install"): cmd_update_install,
+    ("update", "gate"): cmd_update_gate,
+    ("health", None): cmd_health,
     ("config", "check"): cmd_config_check,
     ("config", "reference"): cmd_config_reference,
     ("demo", None): cmd_demo,
     ("hub", None): cmd_hub,
+    ("companion", "build"): cmd_companion_build,
+    ("companion", "flash"): cmd_companion_flash,
 }
 
 
