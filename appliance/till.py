@@ -277,7 +277,12 @@ class Till:
         """Abandon a sale: reverse card payments, then journal the void."""
         for tender in sale.tenders:
             if tender.kind is TenderKind.CARD and self.terminal is not None and tender.reference:
-                self.terminal.reverse(tender.reference)
+                result = self.terminal.reverse(tender.reference)
+                if not result.approved:
+                    raise PaymentDeclined(
+                        f"the terminal refused to reverse card payment {tender.reference}: {result.message}; "
+                        "the sale stays open"
+                    )
         sale.cancel()
         doc = {**sale.to_doc(), "reason": reason}
         time = iso_utc(self.clock.now())

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -897,22 +896,6 @@ def make_link(transport: Transport, framing: Framing, *, ack_timeout: float = T3
     return TcpLink(transport, stats=stats)
 
 
-class _NoDelayTcpTransport(TcpTransport):
-    """A TCP transport with Nagle's algorithm off.
-
-    ZVT sends many small messages, each waiting for an answer; with Nagle and
-    delayed ACKs every exchange would stall for about 40 ms.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        super().__init__(host, port)
-        try:
-            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as exc:
-            self.close()
-            raise DeviceUnavailable(f"cannot set up the connection to {host}:{port}: {exc}") from exc
-
-
 # -- the driver --------------------------------------------------------------------------------
 
 
@@ -1053,7 +1036,7 @@ class ZvtTerminal(Device):
         """A terminal on the network."""
 
         def connect() -> Transport:
-            return _NoDelayTcpTransport(host, port)
+            return TcpTransport(host, port)
 
         return cls(connect, framing=Framing.TCP, **kwargs)
 
