@@ -283,7 +283,7 @@ def test_garbage_and_truncated_frames_from_the_host_are_skipped(board: Simulated
     for chunk in GARBAGE:
         host.write(chunk)
         assert expected.feed(chunk) == []
-    kind, payload = host.request(proto.HEARTBEAT)  # a ':' ends whatever the garbage left open
+    kind, _ = host.request(proto.HEARTBEAT)  # a ':' ends whatever the garbage left open
     assert kind == proto.STATUS
     assert expected.dropped == 6
     assert board.peek().dropped == expected.dropped  # the firmware skipped exactly what CPython's decoder did
@@ -333,7 +333,7 @@ def test_compiled_firmware_runs() -> None:
 
 def test_firmware_exits_cleanly_when_the_simulator_closes() -> None:
     sim = SimulatedBoard()
-    assert sim.alive
+    sim.peek()  # running
     sim.restart()
     assert sim.last_exit == 0  # ended by the control link's end of file, not killed
     sim.close()

@@ -33,7 +33,7 @@ def test_hello_frame_golden_bytes() -> None:
 
 
 def test_frames_are_ascii_without_ctrl_c() -> None:
-    frame = proto.encode(proto.SET_LIGHTS, 3, bytes(range(0, 46)))
+    frame = proto.encode(proto.SET_LIGHTS, 3, bytes(range(46)))
     assert frame.isascii()
     assert b"\x03" not in frame
 
@@ -180,7 +180,9 @@ def test_micropython_runs_the_same_codec(tmp_path: Path) -> None:
         pytest.skip(f"MicroPython unix port not installed: {exc}")
     staged = tmp_path / "tbc_proto.py"
     staged.write_bytes(firmware_sources()["tbc_proto.py"].read_bytes())
-    result = subprocess.run([*command, "-c", MP_SCRIPT, str(staged.parent)], capture_output=True, timeout=30, check=True)
+    result = subprocess.run(
+        [*command, "-c", MP_SCRIPT, str(staged.parent)], capture_output=True, timeout=30, check=True
+    )
     out = json.loads(result.stdout)
     expected = [
         proto.encode(proto.HELLO, 7, proto.pack_hello(1, 1, 3000)),

@@ -85,3 +85,19 @@ def flash(files: list[Path], port: str, *, mpremote: list[str] | None = None) ->
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise DeviceUnavailable(f"mpremote failed on {port}: {detail[-1] if detail else result.returncode}")
+
+
+def flash_board(port: str | None = None, *, mpremote: list[str] | None = None) -> tuple[str, list[Path]]:
+    """Build the firmware in a temporary directory and flash it to ``port`` (default: the
+    first board found by USB VID/PID). Returns the port and the board file names."""
+    import tempfile
+
+    from drivers.companion.host import UsbMatch, find_port
+
+    port = port or find_port()
+    if not port:
+        raise DeviceUnavailable(f"no companion board found ({UsbMatch()}); pass --port")
+    with tempfile.TemporaryDirectory(prefix="tbc-build-") as tmp:
+        files = compile_firmware(Path(tmp))
+        flash(files, port, mpremote=mpremote)
+    return port, [Path(f.name) for f in files]
