@@ -134,10 +134,14 @@ class BenchResult:
     params: dict[str, Any] = field(default_factory=dict)
     metrics: list[Metric] = field(default_factory=list)
     seconds: float = 0.0  # wall time of the whole benchmark, setup included
+    target: str = ""  # a target in words, for results that judge it themselves (``ok``)
+    ok: bool | None = None
 
     @property
     def passed(self) -> bool:
-        """True when every metric with a target meets it."""
+        """``ok`` when the benchmark judged itself, else whether every metric meets its target."""
+        if self.ok is not None:
+            return self.ok
         return all(m.passed is not False for m in self.metrics)
 
     def metric(self, name: str) -> Metric:
@@ -155,6 +159,7 @@ class BenchResult:
             "params": dict(self.params),
             "metrics": [m.to_dict() for m in self.metrics],
             "seconds": self.seconds,
+            "target": self.target,
             "passed": self.passed,
         }
 
@@ -245,6 +250,10 @@ def format_result(result: BenchResult) -> str:
     if result.params:
         lines.append("   " + ", ".join(f"{k}={_param(v)}" for k, v in result.params.items()))
     lines.append(f"   baseline: {result.baseline}")
+    if result.target:
+        lines.append(f"   target: {result.target}: {'PASS' if result.passed else 'FAIL'}")
+    if not result.metrics:
+        return "\n".join(lines)
     for i, row in enumerate(rows):
         cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
         lines.append("  ".join(cells))

@@ -1,7 +1,8 @@
 """``python -m bench [NAME ...]``: run benchmarks and print a table per benchmark.
 
-NAME is a suite (``core``: all of them) or a benchmark (lookup, cart, commit, import,
-verify); none runs everything. ``--quick`` uses small sizes for a smoke run,
+NAME is a suite (``core``, ``sync``), a core benchmark (lookup, cart, commit, import,
+verify) or ``all``; none runs everything. The sync suite lives in :mod:`bench.sync`
+and needs Mosquitto. ``--quick`` uses small sizes for a smoke run,
 ``--set NAME=N`` overrides one size, ``--workdir`` puts the temporary data somewhere
 else (the storage under test matters for ``commit``), ``--json`` saves the results.
 The exit status is 0 unless ``--check`` is given and a target was missed.
@@ -24,39 +25,66 @@ from bench.core import BENCHMARKS
 
 log = logging.getLogger("bench")
 
-SUITES: dict[str, tuple[str, ...]] = {"core": tuple(BENCHMARKS)}
+SUITES: dict[str, tuple[str, ...]] = {"core": tuple(BENCHMARKS), "sync": ("sync",)}
+ORDER = (*BENCHMARKS, "sync")
 
 
 def select(names: Sequence[str]) -> list[str]:
-    """Benchmark names for suite and benchmark names, in run order, without repeats."""
+    """What to run for suite and benchmark names, in run order, without repeats."""
     wanted: list[str] = []
-    for name in names or ("core",):
-        if name in ("all", *SUITES):
-            wanted += SUITES.get(name, tuple(BENCHMARKS))
+    for name in names or ("all",):
+        if name == "all":
+            wanted += ORDER
+        elif name in SUITES:
+            wanted += SUITES[name]
         elif name in BENCHMARKS:
             wanted.append(name)
         else:
             known = ", ".join(["all", *SUITES, *BENCHMARKS])
             raise ValueError(f"unknown benchmark {name!r}; choose from {known}")
-    return [n for n in BENCHMARKS if n in wanted]
+    return [n for n in ORDER if n in wanted]
+
+
+def _sync_results(quick: bool) -> list[BenchResult]:
+    """The sync suite's own results (plain dicts from :func:`bench.sync.run`) as results."""
+    started = time.perf_counter()
+    try:
+        from bench import sync
+    except ImportError as exc:  # pragma: no cover - its dependencies are in the project's
+        return [BenchResult("sync", "sync benchmarks", "-", {"error": str(exc)}, ok=False)]
+    results = []
+    for raw in sync.run(quick):
+        fields = {k: v for k, v in raw.items() if k not in ("name", "target", "ok")}
+        results.append(
+            BenchResult(str(raw.get("name", "sync")), "defined in bench/sync.py", "see its fields", fields,
+                        target=str(raw.get("target", "")), ok=bool(raw.get("ok")))
+        )  # fmt: skip
+    for result in results:
+        result.seconds = (time.perf_counter() - started) / len(results)
+    return results
 
 
 def run(
     names: Sequence[str],
     sizes: Sizes,
     *,
+    quick: bool = False,
     root: Path | None = None,
     on_result: Callable[[BenchResult], None] | None = None,
 ) -> list[BenchResult]:
-    """Run benchmarks in turn, each in its own temporary directory (deleted afterwards)."""
+    """Run benchmarks in turn, each core one in its own temporary directory (deleted afterwards)."""
     results = []
     for name in select(names):
-        with tempfile.TemporaryDirectory(prefix=f"tillbox-bench-{name}-", dir=root) as tmp:
-            log.info("running %s", name)
-            result = BENCHMARKS[name](sizes, Path(tmp))
-        results.append(result)
-        if on_result is not None:
-            on_result(result)
+        log.info("running %s", name)
+        if name == "sync":
+            batch = _sync_results(quick)
+        else:
+            with tempfile.TemporaryDirectory(prefix=f"tillbox-bench-{name}-", dir=root) as tmp:
+                batch = [BENCHMARKS[name](sizes, Path(tmp))]
+        for result in batch:
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
     return results
 
 
@@ -67,7 +95,9 @@ def _show(result: BenchResult) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description="tillbox benchmarks")
-    parser.add_argument("names", nargs="*", metavar="NAME", help="core (default), all, or: " + ", ".join(BENCHMARKS))
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help="all (default), core, sync, or: " + ", ".join(BENCHMARKS)
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few seconds")
     parser.add_argument(
         "--set", action="append", default=[], metavar="SIZE=N", dest="sizes",
@@ -97,12 +127,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"# {command.strip()}")
     print("# " + "; ".join(f"{k}: {v}" for k, v in info.items()), flush=True)
     started = time.perf_counter()
-    results = run(args.names, sizes, root=args.workdir, on_result=_show)
+    results = run(args.names, sizes, quick=args.quick, root=args.workdir, on_result=_show)
     failed = [r.name for r in results if not r.passed]
-    print(f"\n# {len(results)} benchmark(s) in {time.perf_counter() - started:.0f} s; "
-          + (f"missed targets: {', '.join(failed)}" if failed else "all targets met"))  # fmt: skip
+    end_load = machine_info()["load average"]
+    print(f"\n# {len(results)} benchmark(s) in {time.perf_counter() - started:.0f} s; load average at the end: "
+          f"{end_load}; " + (f"missed targets: {', '.join(failed)}" if failed else "all targets met"))  # fmt: skip
     if args.json:
-        doc = {"command": command.strip(), "machine": dict(info), "results": [r.to_dict() for r in results]}
+        doc = {
+            "command": command.strip(),
+            "machine": {**info, "load average at the end": end_load},
+            "results": [r.to_dict() for r in results],
+        }
         args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return 1 if args.check and failed else 0
 

@@ -78,8 +78,8 @@ def test_cli_runs_one_benchmark_with_overrides(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_selection_and_bad_sizes() -> None:
-    assert select([]) == list(BENCHMARKS)
-    assert select(["verify", "core", "lookup"]) == list(BENCHMARKS)
+    assert select([]) == select(["all"]) == [*BENCHMARKS, "sync"]
+    assert select(["core"]) == select(["verify", "core", "lookup"]) == list(BENCHMARKS)
     assert select(["verify", "lookup"]) == ["lookup", "verify"]
     with pytest.raises(ValueError, match="unknown benchmark"):
         select(["nope"])
