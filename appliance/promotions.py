@@ -910,6 +910,47 @@ class _Cart:
         return hit
 
 
+_Solved = list[tuple[MultiBuy | BuyXGetY, list[_Deal]]]
+_SOLVE_CACHE: dict[tuple[Any, ...], tuple[tuple[Promotion, ...], _Solved]] = {}
+_SOLVE_CACHE_SIZE = 512
+
+
+def _solve(
+    promos: list[MultiBuy | BuyXGetY],
+    eligible: list[tuple[list[int], list[int]]],
+    price: list[int],
+    count: list[int],
+    value: list[_Num],
+) -> tuple[list[int], _Solved]:
+    """Solve one group of competing deals, memoised on the group's local shape.
+
+    A scan usually touches one group; the others come back unchanged and are not solved
+    again. The result is a pure function of the key (promotions, local class layout,
+    prices, counts, unit-offer values), so reusing it changes nothing but the time.
+    """
+    seen: set[int] = set()
+    for buy, get in eligible:
+        seen.update(buy)
+        seen.update(get)
+    lines = sorted(seen)
+    local = {g: n for n, g in enumerate(lines)}
+    key = (
+        tuple(map(id, promos)),
+        tuple((tuple(local[b] for b in buy), tuple(local[g] for g in get)) for buy, get in eligible),
+        tuple(price[g] for g in lines),
+        tuple(count[g] for g in lines),
+        tuple(value[g] for g in lines),
+    )
+    hit = _SOLVE_CACHE.get(key)
+    if hit is None:
+        # The promotions are kept in the entry, so the ids in its key stay theirs.
+        hit = (tuple(promos), _Component(promos, eligible, price, count, value).solve())
+        if len(_SOLVE_CACHE) >= _SOLVE_CACHE_SIZE:
+            del _SOLVE_CACHE[next(iter(_SOLVE_CACHE))]
+        _SOLVE_CACHE[key] = hit
+    return lines, hit[1]
+
+
 def evaluate(lines: Sequence[PromoLine], promotions: Sequence[Promotion], ctx: PromoContext) -> PromoResult:
     """Apply the best-for-customer combination of active promotions to a cart."""
     ordered = sorted(lines, key=_BY_KEY)
@@ -1027,8 +1068,10 @@ def evaluate(lines: Sequence[PromoLine], promotions: Sequence[Promotion], ctx: P
         return out
 
     for group in groups.values():
-        comp = _Component([deal_promos[k] for k in group], [deal_classes[k] for k in group], c_price, c_count, c_value)
-        for promo, deals in comp.solve():
+        group_lines, solved = _solve(
+            [deal_promos[k] for k in group], [deal_classes[k] for k in group], c_price, c_count, c_value
+        )
+        for promo, deals in solved:
             if not deals:
                 continue
             acc = accs[promo.id] = _Acc()
@@ -1037,7 +1080,7 @@ def evaluate(lines: Sequence[PromoLine], promotions: Sequence[Promotion], ctx: P
                 acc.exact += saving
                 taken: dict[int, list[tuple[int, int]]] = {}
                 for n, c in units:
-                    got = take(comp.lines[n], c)
+                    got = take(group_lines[n], c)
                     taken.setdefault(n, []).extend(got)
                     acc.lines.update(i for i, _ in got)
                 for n, c in hit:  # discounted units are some of those just taken

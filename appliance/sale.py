@@ -24,7 +24,7 @@ from appliance.errors import InputError, SaleError, TenderError
 from appliance.ids import uuid7
 from appliance.money import Currency, cash_round, round_minor
 from appliance.promotions import PromoContext, PromoLine, PromoResult, Promotion, allocate, evaluate
-from appliance.tax import TaxableLine, TaxPolicy, TaxResult, compute_tax
+from appliance.tax import LineTax, TaxableLine, TaxPolicy, TaxResult, compute_tax
 from appliance.tenders import Tender, TenderKind
 
 _HUNDRED = Decimal(100)
@@ -124,11 +124,41 @@ class Line:
     net: int = 0
     tax: int = 0
     total: int = 0
-    tax_rates: dict[str, int] = field(default_factory=dict)
+    line_tax: LineTax | None = field(default=None, repr=False)
+    key: str = field(init=False, repr=False)
+    _promo_line: PromoLine | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.key = str(self.no)
 
     @property
-    def key(self) -> str:
-        return str(self.no)
+    def tax_rates(self) -> dict[str, int]:
+        """Tax per rate code on this line (rates with zero tax left out)."""
+        lt = self.line_tax
+        return {code: amount for code, amount in sorted(lt.by_rate.items()) if amount} if lt else {}
+
+    def promo_line(self) -> PromoLine:
+        """The line as the promotions engine sees it, rebuilt only when its inputs changed."""
+        eligible = self.override is None and self.discount is None and self.fixed_amount is None
+        cached = self._promo_line
+        if (
+            cached is None
+            or cached.quantity != self.quantity
+            or cached.unit_price != self.unit_price
+            or cached.amount != self.base
+            or cached.eligible != eligible
+        ):
+            cached = self._promo_line = PromoLine(
+                key=self.key,
+                sku=self.item.sku,
+                department=self.item.department,
+                unit_price=self.unit_price,
+                quantity=self.quantity,
+                amount=self.base,
+                weighed=self.item.weighed,
+                eligible=eligible,
+            )
+        return cached
 
     @property
     def discount_total(self) -> int:
@@ -343,26 +373,17 @@ class Sale:
             line.promo_reasons = ()
             if line.fixed_amount is not None:
                 line.base = line.fixed_amount
-            else:
+            elif line.item.weighed:
                 line.base = round_minor(line.quantity * line.unit_price, mode)
-        promo_lines = [
-            PromoLine(
-                key=ln.key,
-                sku=ln.item.sku,
-                department=ln.item.department,
-                unit_price=ln.unit_price,
-                quantity=ln.quantity,
-                amount=ln.base,
-                weighed=ln.item.weighed,
-                eligible=ln.override is None and ln.discount is None and ln.fixed_amount is None,
-            )
-            for ln in active
-        ]
+            else:  # counted items have whole quantities: exact integer math
+                line.base = int(line.quantity) * line.unit_price
+        promo_lines = [ln.promo_line() for ln in active]
         ctx = PromoContext(now=now, tz=self.policy.tz, coupons=frozenset(self.coupons))
         promo = evaluate(promo_lines, self.policy.promotions, ctx)
+        discounts, reasons = promo.line_discounts, promo.line_reasons
         for ln in active:
-            ln.promo_discount = promo.line_discounts.get(ln.key, 0)
-            ln.promo_reasons = tuple(promo.line_reasons.get(ln.key, ()))
+            ln.promo_discount = discounts.get(ln.key, 0)
+            ln.promo_reasons = tuple(reasons.get(ln.key, ()))
             if ln.discount is not None:
                 ln.manual_discount = ln.discount.of(ln.base - ln.promo_discount, mode)
         if self.cart_discount is not None and active:
@@ -375,10 +396,11 @@ class Sale:
             [TaxableLine(ln.key, ln.item.tax_class, ln.amount, ln.quantity, ln.item.weighed) for ln in active],
             self.policy.tax,
         )
+        by_key = taxed.lines
         for ln in self.lines:
-            lt = taxed.lines.get(ln.key)
-            ln.net, ln.tax, ln.total = (lt.net, lt.tax, lt.gross) if lt and not ln.voided else (0, 0, 0)
-            ln.tax_rates = {code: amount for code, amount in lt.by_rate.items() if amount} if lt else {}
+            lt = None if ln.voided else by_key.get(ln.key)
+            ln.line_tax = lt
+            ln.net, ln.tax, ln.total = (lt.net, lt.tax, lt.gross) if lt else (0, 0, 0)
         self._tax, self._promo, self._priced_at = taxed, promo, now
 
     @property
@@ -597,7 +619,7 @@ def _line_doc(ln: Line) -> dict[str, Any]:
         "promotions": list(ln.promo_reasons),
         "net": ln.net,
         "tax": ln.tax,
-        "tax_rates": dict(sorted(ln.tax_rates.items())),
+        "tax_rates": ln.tax_rates,
         "total": ln.total,
         "tax_class": ln.item.tax_class,
         "department": ln.item.department,
