@@ -19,6 +19,15 @@ APPLICATION_ID = 0x54494C4C
 _APPEND_ONLY = ("journal", "sales", "sale_lines", "sale_tenders", "stock_moves")
 
 
+def _append_only(conn: sqlite3.Connection, table: str) -> None:
+    """Triggers that refuse UPDATE and DELETE on a table."""
+    for op in ("update", "delete"):
+        conn.execute(
+            f"CREATE TRIGGER {table}_no_{op} BEFORE {op.upper()} ON {table} "
+            f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+        )
+
+
 def _v1(conn: sqlite3.Connection) -> None:
     """Journal, sales, catalog, stock and outbox."""
     db = sqlite_utils.Database(conn)
@@ -151,14 +160,7 @@ def _v1(conn: sqlite3.Connection) -> None:
     db.table("outbox").create_index(["id"], unique=True)
     db.table("outbox").create_index(["journal_seq"])
     for table in _APPEND_ONLY:
-        conn.execute(
-            f"CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} "
-            f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
-        )
-        conn.execute(
-            f"CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table} "
-            f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
-        )
+        _append_only(conn, table)
     conn.execute(
         "CREATE TRIGGER journal_gapless BEFORE INSERT ON journal "
         "WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(seq), 0) + 1 FROM journal) "
@@ -285,14 +287,7 @@ def _v2(conn: sqlite3.Connection) -> None:
     db.table("remote_sales").create_index(["reference"])
     db.table("stock_damaged").create({"sku": str, "level_milli": int}, pk="sku", not_null={"level_milli"})
     for table in ("returns", "refunds"):
-        conn.execute(
-            f"CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} "
-            f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
-        )
-        conn.execute(
-            f"CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table} "
-            f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
-        )
+        _append_only(conn, table)
     db.table("alerts").create(
         {"code": str, "severity": str, "message": str, "raised_at": str, "journal_seq": int},
         pk="code",
