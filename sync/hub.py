@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import queue
 import sqlite3
 import threading
 import uuid
@@ -41,6 +40,7 @@ from appliance.ledger.store import milli_to_qty, qty_to_milli
 from sync.contract import PREFIX, parse_device_topic, sku_segment, source, store_topic
 from sync.link import LinkSettings, MqttLink, message_properties
 from sync.schemas import validate
+from sync.worker import LinkWorker
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class _Batch:
     snapshots: set[str] = field(default_factory=set)
 
 
-class Hub:
+class Hub(LinkWorker):
     """The reference shop hub; start it, use it, close it."""
 
     def __init__(
@@ -115,14 +115,11 @@ class Hub:
         self.db.execute("PRAGMA synchronous = FULL")
         self.db.execute("PRAGMA busy_timeout = 5000")
         self.db.executescript(_SCHEMA)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._init_worker()
         self._pending: list[mqtt.MQTTMessage] = []
         self._waiting: dict[bytes, Future[dict[str, Any]]] = {}
         self._reported_gaps: set[tuple[str, str, int]] = set()
         self._acked: dict[tuple[str, str], int] = {}
-        self._thread: threading.Thread | None = None
         self.link = MqttLink(
             link, next_session=self._next_session, will=self._will, on_connect=self._connected,
             on_disconnect=lambda: None, on_message=lambda m: self._pending.append(m), on_published=lambda mid: None,
@@ -148,16 +145,9 @@ class Hub:
         finally:
             self._run_calls()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-
     def close(self) -> None:
         """Stop, wait for the thread, close the database; idempotent."""
-        self.stop()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(10)
+        self._join()
         self.db.close()
 
     def __enter__(self) -> Hub:
@@ -165,29 +155,6 @@ class Hub:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def call(self, fn: Callable[[], T]) -> Future[T]:
-        """Run ``fn`` on the hub thread."""
-        fut: Future[T] = Future()
-
-        def run() -> None:
-            if fut.set_running_or_notify_cancel():
-                try:
-                    fut.set_result(fn())
-                except BaseException as exc:
-                    fut.set_exception(exc)
-
-        self._calls.put(run)
-        self._wake.set()
-        return fut
-
-    def _run_calls(self) -> None:
-        while True:
-            try:
-                fn = self._calls.get_nowait()
-            except queue.Empty:
-                return
-            fn()
 
     def _counter(self, name: str, *, bump: bool = False) -> int:
         row = self.db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()

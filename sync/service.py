@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -33,6 +31,7 @@ from sync.contract import device_topic
 from sync.inbound import Inbound, InboundPolicy, Rejected, doc_version
 from sync.link import LinkSettings, MqttLink, message_properties, read_password
 from sync.relay import OutboxRelay
+from sync.worker import LinkWorker
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +83,7 @@ def options_from_config(config: Config) -> SyncOptions:
     )  # fmt: skip
 
 
-class SyncService:
+class SyncService(LinkWorker):
     """Relays the outbox to the shop and applies what the shop sends; a context manager."""
 
     def __init__(
@@ -109,10 +108,7 @@ class SyncService:
             self._commands = dict(commands or {})
             self._on_change = on_change
             self._health = health
-            self._wake = threading.Event()
-            self._stop = threading.Event()
-            self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-            self._thread: threading.Thread | None = None
+            self._init_worker()
             link = replace(link, inflight=min(link.inflight, self.options.window))
             self.link = MqttLink(
                 link, next_session=self._next_session, will=self._will, on_connect=self._connected,
@@ -184,17 +180,9 @@ class SyncService:
         finally:
             self._run_calls()
 
-    def stop(self) -> None:
-        """Ask the loop to finish (it publishes offline and disconnects)."""
-        self._stop.set()
-        self._wake.set()
-
     def close(self) -> None:
         """Stop the loop, wait for it, close the ledger; idempotent."""
-        self.stop()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(10)
+        self._join()
         self.ledger.close()
 
     def __enter__(self) -> SyncService:
@@ -202,29 +190,6 @@ class SyncService:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def call(self, fn: Callable[[], T]) -> Future[T]:
-        """Run ``fn`` on the service thread; the future gets its result."""
-        fut: Future[T] = Future()
-
-        def run() -> None:
-            if fut.set_running_or_notify_cancel():
-                try:
-                    fut.set_result(fn())
-                except BaseException as exc:
-                    fut.set_exception(exc)
-
-        self._calls.put(run)
-        self._wake.set()
-        return fut
-
-    def _run_calls(self) -> None:
-        while True:
-            try:
-                fn = self._calls.get_nowait()
-            except queue.Empty:
-                return
-            fn()
 
     # -- link callbacks --------------------------------------------------------------------------
 
