@@ -522,15 +522,410 @@ class LedgerSection(Table):
     wal_autocheckpoint: int = integer("SQLite WAL auto-checkpoint threshold, in pages.", 1000, lo=100, hi=100000)
 
 
+# ---- device sections ([devices] and [devices.<device>]); the manager is drivers/manager.py
+
+ScannerKind = Literal["evdev", "serial", "none"]
+PrinterKind = Literal["usb", "serial", "network", "file", "none"]
+DrawerKind = Literal["printer", "gpio", "companion", "none"]
+DrawerSensorKind = Literal["none", "printer", "gpio", "companion"]
+TerminalKind = Literal["zvt-serial", "zvt-tcp", "none"]
+BadgeKind = Literal["evdev", "none"]
+DisplayKind = Literal["serial", "none"]
+ScaleKind = Literal["serial", "none"]
+CompanionKind = Literal["usb", "none"]
+KeyboardLayout = Literal["us", "de"]
+TerminatorName = Literal["enter", "tab", "cr", "lf", "crlf", "none"]
+WedgeTerminator = Literal["enter", "tab", "none"]
+ReferenceCode = Literal["code128", "qr", "none"]
+CutMode = Literal["partial", "full", "none"]
+Level = Literal["high", "low"]
+SerialFormat = Literal["7E1", "7O1", "7N2", "8N1", "8E1", "8O1"]
+WeightUnitName = Literal["kg", "lb"]
+
+_HEX4 = r"[0-9A-Fa-f]{4}"
+_HEX4_TEXT = 'four hex digits as lsusb shows them, e.g. "04b8"'
+_HEX2 = r"[0-9A-Fa-f]{2}"
+_BAUD_LO, _BAUD_HI = 300, 921_600
+
+
+def _check_device_path(value: str) -> str | None:
+    path = PurePosixPath(value)
+    if not value:
+        return None
+    if not path.is_absolute() or ".." in path.parts or value.endswith("/") or any(c.isspace() for c in value):
+        return "is not an absolute device path such as /dev/tillbox/scanner"
+    return None
+
+
+def _check_optional_host(value: str) -> str | None:
+    return _check_host(value) if value else None
+
+
+def _check_optional_file(value: str) -> str | None:
+    return _check_relative_file(value) if value else None
+
+
+def _check_code_page(value: str) -> str | None:
+    from appliance.errors import TillboxError
+    from drivers.escpos_codec import CODE_PAGES, code_page
+
+    try:
+        code_page(value)
+    except TillboxError:
+        return "is not a supported code page" + _hint(value, list(CODE_PAGES), '"{}"')
+    return None
+
+
+def _device_path(doc: str, default: str) -> Any:
+    return text(doc, default, check=_check_device_path, allowed="absolute path, e.g. /dev/tillbox/...")
+
+
+def _baudrate(doc: str = "Serial speed in baud.", default: int = 9600) -> Any:
+    return integer(doc, default, lo=_BAUD_LO, hi=_BAUD_HI)
+
+
+def _needs_device(kind: str, device: str, wanted: Sequence[str]) -> Iterator[tuple[str, str]]:
+    if kind in wanted and not device:
+        yield "device", f'kind = "{kind}" needs a device path'
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScannerSection(Table):
+    """[devices.scanner]: the barcode scanner."""
+
+    kind: ScannerKind = choice(
+        "evdev reads a USB keyboard-wedge scanner, serial a CDC/RS-232 scanner; none for no scanner.",
+        "evdev",
+        get_args(ScannerKind),
+    )
+    device: str = _device_path("evdev event node or serial port of the scanner.", "/dev/tillbox/scanner")
+    layout: KeyboardLayout = choice(
+        "Keyboard layout the wedge scanner types in (evdev).", "us", get_args(KeyboardLayout)
+    )
+    terminator: TerminatorName = choice(
+        "What ends a code: enter, tab or none (a pause) for evdev; enter (= cr), cr, lf or crlf for serial.",
+        "enter",
+        get_args(TerminatorName),
+    )
+    stx_etx: bool = boolean("Serial codes arrive framed as STX data ETX (the terminator is then ignored).", False)
+    baudrate: int = _baudrate()
+    scan_timeout_ms: int = integer(
+        "A pause this long ends a scan; unterminated keys before it are dropped (evdev).", 100, lo=20, hi=2000
+    )
+    key_gap_ms: int = integer(
+        "Median gap between key presses above which input counts as typed by hand (evdev).", 30, lo=1, hi=1000
+    )
+    max_gap_ms: int = integer(
+        "Longest single gap inside one scan; a longer one means hand typing (evdev).", 60, lo=1, hi=2000
+    )
+
+    def _check(self, given: frozenset[str]) -> Iterator[tuple[str, str]]:
+        yield from _needs_device(self.kind, self.device, ("evdev", "serial"))
+        if self.kind == "evdev" and self.terminator not in get_args(WedgeTerminator):
+            yield "terminator", f'"{self.terminator}" is for serial scanners; use "enter", "tab" or "none"'
+        if self.kind == "serial" and not self.stx_etx and self.terminator in ("tab", "none"):
+            yield "terminator", f'"{self.terminator}" is for evdev scanners; use "enter", "cr", "lf" or "crlf"'
+        if not self.key_gap_ms <= self.max_gap_ms <= self.scan_timeout_ms:
+            yield "max_gap_ms", "needs key_gap_ms <= max_gap_ms <= scan_timeout_ms"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrinterSection(Table):
+    """[devices.printer]: the ESC/POS receipt printer."""
+
+    kind: PrinterKind = choice(
+        "usb (pyusb, with status), serial, network (raw TCP), file (a device file such as a usblp node), or none.",
+        "usb",
+        get_args(PrinterKind),
+    )
+    vendor_id: str = text("USB vendor id of a usb printer.", "04b8", pattern=_HEX4, allowed=_HEX4_TEXT)
+    product_id: str = text("USB product id of a usb printer.", "0202", pattern=_HEX4, allowed=_HEX4_TEXT)
+    in_endpoint: str = text(
+        "USB bulk IN endpoint of a usb printer, in hex.", "82", pattern=_HEX2, allowed="two hex digits"
+    )
+    out_endpoint: str = text(
+        "USB bulk OUT endpoint of a usb printer, in hex.", "01", pattern=_HEX2, allowed="two hex digits"
+    )
+    device: str = _device_path("Serial port or device file of a serial or file printer.", "/dev/tillbox/printer")
+    baudrate: int = _baudrate()
+    host: str = text(
+        "Host of a network printer.",
+        "",
+        check=_check_optional_host,
+        allowed="IP address or host name; empty when unused",
+    )
+    port: int = integer("TCP port of a network printer.", 9100, lo=1, hi=65535)
+    paper_mm: int = integer("Paper width in millimetres: 58 or 80.", 80, lo=58, hi=80, allowed="58 or 80")
+    columns: int = integer(
+        "Characters per line; 0 takes the paper's default (58 mm: 32, 80 mm: 48; 42 also fits 80 mm).",
+        0,
+        lo=0,
+        hi=64,
+    )
+    code_page: str = text(
+        "Code page for receipt text (CP858 has the euro sign).",
+        "CP858",
+        check=_check_code_page,
+        allowed='a code page of the printer codec, e.g. "CP858", "CP437", "CP1252"',
+    )
+    code_table: int = integer(
+        "ESC t number of the code page, for printers that number tables differently; -1 uses Epson's.",
+        -1,
+        lo=-1,
+        hi=255,
+    )
+    status_check: bool = boolean(
+        "Ask the printer's status (paper, cover) before each receipt; file printers never do.", True
+    )
+    reference_code: ReferenceCode = choice(
+        "How the sale reference is printed at the bottom of receipts.", "code128", get_args(ReferenceCode)
+    )
+    cut: CutMode = choice("Paper cut after each receipt.", "partial", get_args(CutMode))
+    logo: str = text(
+        "Image printed at the top of receipts, relative to the data directory; empty for none.",
+        "",
+        check=_check_optional_file,
+        allowed="relative path without '..', or empty",
+    )
+
+    def _check(self, given: frozenset[str]) -> Iterator[tuple[str, str]]:
+        from appliance.errors import TillboxError
+        from drivers.escpos_codec import PrinterProfile
+
+        yield from _needs_device(self.kind, self.device, ("serial", "file"))
+        if self.kind == "network" and not self.host:
+            yield "host", 'kind = "network" needs a host'
+        if self.paper_mm not in (58, 80):
+            yield "paper_mm", f"{self.paper_mm} is not 58 or 80"
+            return
+        try:
+            PrinterProfile(
+                paper_mm=self.paper_mm,
+                code_page=self.code_page,
+                columns=self.columns,
+                code_table=None if self.code_table < 0 else self.code_table,
+            )
+        except TillboxError as exc:
+            yield "columns", str(exc)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DrawerSection(Table):
+    """[devices.drawer]: the cash drawer."""
+
+    kind: DrawerKind = choice(
+        "How the drawer is kicked: through the printer, a GPIO pin, a companion board output, or none.",
+        "printer",
+        get_args(DrawerKind),
+    )
+    kick_pin: int = integer(
+        "Printer drawer connector pin that fires the solenoid: 2 or 5.", 2, lo=2, hi=5, allowed="2 or 5"
+    )
+    pulse_ms: int = integer("Length of the kick pulse, in milliseconds.", 100, lo=10, hi=500)
+    gpio_pin: int = integer("BCM number of the GPIO output driving the drawer relay.", 17, lo=2, hi=27)
+    gpio_active_high: bool = boolean("The GPIO output fires the drawer when high.", True)
+    companion_output: int = integer("Companion board output wired to the drawer.", 0, lo=0, hi=7)
+    sensor: DrawerSensorKind = choice(
+        "Where the open/closed switch is read: none, the printer (connector pin 3), GPIO or the companion board.",
+        "none",
+        get_args(DrawerSensorKind),
+    )
+    sensor_gpio_pin: int = integer(
+        "BCM number of the GPIO input of the drawer switch (internal pull-up).", 27, lo=2, hi=27
+    )
+    sensor_input: int = integer("Companion board input of the drawer switch.", 1, lo=0, hi=7)
+    sensor_open_level: Level = choice(
+        "Level of the switch line while the drawer is open (companion: low = input active); flip it if inverted.",
+        "high",
+        get_args(Level),
+    )
+    sensor_poll_ms: int = integer("How often the drawer switch is read, in milliseconds.", 1000, lo=100, hi=10000)
+    left_open_seconds: int = integer(
+        "Raise a 'drawer left open' alert after this many seconds (needs a sensor).", 60, lo=5, hi=3600
+    )
+
+    def _check(self, given: frozenset[str]) -> Iterator[tuple[str, str]]:
+        if self.kick_pin not in (2, 5):
+            yield "kick_pin", f"{self.kick_pin} is not 2 or 5"
+        if self.kind == "gpio" and self.sensor == "gpio" and self.gpio_pin == self.sensor_gpio_pin:
+            yield "sensor_gpio_pin", f"GPIO {self.gpio_pin} is already the drawer output"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TerminalSection(Table):
+    """[devices.terminal]: the card payment terminal (ZVT)."""
+
+    kind: TerminalKind = choice("ZVT over a serial line or over TCP, or none.", "none", get_args(TerminalKind))
+    device: str = _device_path("Serial port of a zvt-serial terminal.", "/dev/tillbox/terminal")
+    baudrate: int = _baudrate("Serial speed of a zvt-serial terminal, in baud.")
+    host: str = text(
+        "Host of a zvt-tcp terminal.",
+        "",
+        check=_check_optional_host,
+        allowed="IP address or host name; empty when unused",
+    )
+    port: int = integer("TCP port of a zvt-tcp terminal.", 20007, lo=1, hi=65535)
+    password: str = text(
+        "The terminal's six-digit ECR password (the factory default is 000000).",
+        "000000",
+        pattern=r"[0-9]{6}",
+        allowed="six digits",
+    )
+    ack_timeout_seconds: Decimal = decimal(
+        "ZVT time-out T3: wait for the acknowledgement of a message, in seconds.", Decimal(5), lo=Decimal("0.5"), hi=60
+    )
+    response_timeout_seconds: Decimal = decimal(
+        "ZVT time-out T4: longest silence inside a running payment, in seconds.", Decimal(180), lo=10, hi=600
+    )
+
+    def _check(self, given: frozenset[str]) -> Iterator[tuple[str, str]]:
+        yield from _needs_device(self.kind, self.device, ("zvt-serial",))
+        if self.kind == "zvt-tcp" and not self.host:
+            yield "host", 'kind = "zvt-tcp" needs a host'
+        if self.ack_timeout_seconds >= self.response_timeout_seconds:
+            yield "ack_timeout_seconds", "must be shorter than response_timeout_seconds"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BadgeSection(Table):
+    """[devices.badge]: the staff badge / loyalty card reader (never payment cards)."""
+
+    kind: BadgeKind = choice(
+        "evdev reads a keyboard-wedge magstripe or NFC reader; none for no reader.", "none", get_args(BadgeKind)
+    )
+    device: str = _device_path("evdev event node of the reader.", "/dev/tillbox/badge")
+    layout: KeyboardLayout = choice("Keyboard layout the reader types in.", "us", get_args(KeyboardLayout))
+    terminator: WedgeTerminator = choice(
+        "What ends a read: enter, tab or none (a pause).", "enter", get_args(WedgeTerminator)
+    )
+
+    def _check(self, given: frozenset[str]) -> Iterator[tuple[str, str]]:
+        yield from _needs_device(self.kind, self.device, ("evdev",))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DisplaySection(Table):
+    """[devices.display]: the customer pole display (Epson command set)."""
+
+    kind: DisplayKind = choice("serial for a VFD/LCD pole display, or none.", "none", get_args(DisplayKind))
+    device: str = _device_path("Serial port of the display.", "/dev/tillbox/display")
+    baudrate: int = _baudrate()
+    columns: int = integer("Characters per row.", 20, lo=8, hi=40)
+    rows: int = integer("Rows of text.", 2, lo=1, hi=4)
+    code_page: str = text(
+        "Code page of the display's character set.",
+        "CP437",
+        check=_check_code_page,
+        allowed='a code page of the printer codec, e.g. "CP437", "CP858"',
+    )
+    code_table: int = integer(
+        "ESC t number of the code page, for displays that number tables differently; -1 uses Epson's.",
+        -1,
+        lo=-1,
+        hi=255,
+    )
+
+    def _check(self, given: frozenset[str]) -> Iterator[tuple[str, str]]:
+        yield from _needs_device(self.kind, self.device, ("serial",))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScaleSection(Table):
+    """[devices.scale]: a serial scale speaking Mettler Toledo 8217."""
+
+    kind: ScaleKind = choice("serial for an 8217 scale, or none.", "none", get_args(ScaleKind))
+    device: str = _device_path("Serial port of the scale.", "/dev/tillbox/scale")
+    baudrate: int = _baudrate()
+    serial_format: SerialFormat = choice(
+        "Data bits, parity and stop bits of the scale's line.", "7E1", get_args(SerialFormat)
+    )
+    unit: WeightUnitName = choice("The unit the scale is set up to weigh in.", "kg", get_args(WeightUnitName))
+    reply_timeout_ms: int = integer("How long to wait for the scale's answer, in milliseconds.", 500, lo=50, hi=5000)
+
+    def _check(self, given: frozenset[str]) -> Iterator[tuple[str, str]]:
+        yield from _needs_device(self.kind, self.device, ("serial",))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompanionSection(Table):
+    """[devices.companion]: the self-checkout companion board (light tower, help button)."""
+
+    kind: CompanionKind = choice("usb for the Pico companion board, or none.", "none", get_args(CompanionKind))
+    device: str = _device_path(
+        "Serial port of the board; empty finds it by vendor_id and product_id.", "/dev/tillbox/companion"
+    )
+    vendor_id: str = text(
+        "USB vendor id used to find the board when device is empty.", "2e8a", pattern=_HEX4, allowed=_HEX4_TEXT
+    )
+    product_id: str = text(
+        "USB product id used to find the board when device is empty.", "0005", pattern=_HEX4, allowed=_HEX4_TEXT
+    )
+    heartbeat_timeout_seconds: Decimal = decimal(
+        "The board shows its help light when the till is silent this long, in seconds.",
+        Decimal(3),
+        lo=Decimal("0.5"),
+        hi=60,
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class DevicesSection(Table):
     """[devices]: scanner, printer, drawer and other peripherals."""
 
     mode: DeviceMode = choice(
-        f"sim simulates every device, real drives the hardware; {ENV_DEVICES}=sim forces sim.",
+        f"sim simulates every configured device, real drives the hardware; {ENV_DEVICES}=sim forces sim.",
         "sim",
         get_args(DeviceMode),
     )
+    hotplug: bool = boolean("Watch udev for devices being plugged in and out (needs pyudev).", True)
+    reconnect_initial_seconds: Decimal = decimal(
+        "First wait before reopening a lost device; it doubles up to reconnect_max_seconds.",
+        Decimal(1),
+        lo=Decimal("0.1"),
+        hi=60,
+    )
+    reconnect_max_seconds: Decimal = decimal("Longest wait between two reopen attempts.", Decimal(30), lo=1, hi=3600)
+    scanner: ScannerSection = section(ScannerSection, "The barcode scanner.")
+    printer: PrinterSection = section(PrinterSection, "The receipt printer.")
+    drawer: DrawerSection = section(DrawerSection, "The cash drawer.")
+    terminal: TerminalSection = section(TerminalSection, "The card payment terminal.")
+    badge: BadgeSection = section(BadgeSection, "The staff badge and loyalty card reader.")
+    display: DisplaySection = section(DisplaySection, "The customer pole display.")
+    scale: ScaleSection = section(ScaleSection, "The scale.")
+    companion: CompanionSection = section(CompanionSection, "The self-checkout companion board.")
+
+    def _check(self, given: frozenset[str]) -> Iterator[tuple[str, str]]:
+        if self.reconnect_initial_seconds > self.reconnect_max_seconds:
+            yield "reconnect_initial_seconds", "must not exceed reconnect_max_seconds"
+        drawer, printer = self.drawer, self.printer
+        if drawer.kind == "printer" and printer.kind == "none":
+            yield "drawer.kind", 'kicking through the printer needs [devices.printer] kind other than "none"'
+        no_status = printer.kind in ("none", "file") or not printer.status_check
+        if drawer.kind != "none" and drawer.sensor == "printer" and no_status:
+            yield "drawer.sensor", "reading the drawer through the printer needs a printer with status_check"
+        if self.companion.kind == "none":
+            if drawer.kind == "companion":
+                yield "drawer.kind", 'a companion drawer needs [devices.companion] kind = "usb"'
+            if drawer.kind != "none" and drawer.sensor == "companion":
+                yield "drawer.sensor", 'a companion sensor needs [devices.companion] kind = "usb"'
+        used: dict[str, str] = {}
+        for name, path in self.device_paths().items():
+            if path in used:
+                yield f"{name}.device", f"{path} is already used by [devices.{used[path]}]"
+            used.setdefault(path, name)
+
+    def device_paths(self) -> dict[str, str]:
+        """Device paths of the enabled devices that are reached through one, by device name."""
+        paths = {
+            "scanner": self.scanner.device if self.scanner.kind != "none" else "",
+            "printer": self.printer.device if self.printer.kind in ("serial", "file") else "",
+            "terminal": self.terminal.device if self.terminal.kind == "zvt-serial" else "",
+            "badge": self.badge.device if self.badge.kind != "none" else "",
+            "display": self.display.device if self.display.kind != "none" else "",
+            "scale": self.scale.device if self.scale.kind != "none" else "",
+            "companion": self.companion.device if self.companion.kind != "none" else "",
+        }
+        return {name: path for name, path in paths.items() if path}
 
 
 @dataclass(frozen=True, kw_only=True)
