@@ -157,8 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_parser("check", parents=[common], help="validate the config file")
     cfg.add_parser("reference", help="print the config reference (Markdown)")
 
-    demo = sub.add_parser("demo", parents=[common], help="run a console till with a demo catalog")
+    demo = sub.add_parser("demo", parents=[common], help="run the appliance (kiosk UI) with simulated devices")
     demo.add_argument("--reset", action="store_true", help="start from an empty data dir")
+    demo.add_argument("--port", type=int, help="port of the kiosk UI (default: [ui] port, 8080)")
+    demo.add_argument("--console", action="store_true", help="run the console till instead of the kiosk UI")
     demo.add_argument(
         "--broker",
         action="append",
@@ -166,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="sync with the shop through this MQTT broker (mqtt://HOST:PORT; repeat for fallbacks)",
     )
+    daemon = sub.add_parser("daemon", parents=[common], help="run the appliance daemon (devices, kiosk UI, sync)")
+    daemon.add_argument("--port", type=int, help="port of the kiosk UI (default: [ui] port)")
+    scan = sub.add_parser("scan", parents=[common], help="feed a simulated device of a running demo")
+    scan.add_argument("code", nargs="?", help="the code the simulated scanner reads")
+    scan.add_argument("--badge", metavar="TOKEN", help="swipe this badge on the simulated badge reader instead")
+    scan.add_argument("--weight", metavar="KG", help="put this weight on the simulated scale instead")
     from sync.__main__ import add_hub_arguments
 
     hub = sub.add_parser("hub", help="run the reference shop hub (the other end of MQTT sync)")
@@ -556,7 +564,7 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from appliance.demo import run_demo
 
-    if not args.broker:
+    if not args.broker or not args.console:  # the daemon runs sync itself
         return run_demo(args)
     from sync.service import SyncService
 
@@ -569,6 +577,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config, data_dir = _load(args)
     with SyncService.from_config(config, data_dir, brokers=tuple(args.broker)):
         return run_demo(args)
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from appliance.daemon import run_daemon
+
+    config, data_dir = _load(args)
+    if args.port is not None:
+        config = dataclasses.replace(config, ui=dataclasses.replace(config.ui, port=args.port))
+    return run_daemon(config, data_dir)
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from appliance.daemon import feed_simulator
+
+    if sum(x is not None for x in (args.code, args.badge, args.weight)) != 1:
+        raise InputError("give a code, --badge TOKEN or --weight KG")
+    if args.code is not None:
+        device, value = "scanner", args.code
+    elif args.badge is not None:
+        device, value = "badge", args.badge
+    else:
+        device, value = "scale", args.weight
+    feed_simulator(args.data_dir, device, value)
+    print(f"fed {value} to the simulated {device}")
+    return 0
 
 
 def cmd_hub(args: argparse.Namespace) -> int:
@@ -617,6 +652,8 @@ COMMANDS = {
     ("config", "check"): cmd_config_check,
     ("config", "reference"): cmd_config_reference,
     ("demo", None): cmd_demo,
+    ("daemon", None): cmd_daemon,
+    ("scan", None): cmd_scan,
     ("hub", None): cmd_hub,
     ("companion", "build"): cmd_companion_build,
     ("companion", "flash"): cmd_companion_flash,

@@ -1,7 +1,10 @@
-"""Demo mode: a console till over a seeded catalog, simulated devices and a local ledger.
+"""Demo mode: the whole appliance over a seeded catalog, simulated devices and a local ledger.
 
-It needs no broker and no hardware. Type or scan a code and press Enter; ``help``
-lists the commands. Commands can also be piped in on standard input.
+``tillbox demo`` runs the daemon with the kiosk UI (http://127.0.0.1:8080 by default),
+demo staff and an open shift; ``tillbox scan CODE`` feeds its simulated scanner.
+``tillbox demo --console`` is the older console till: type or scan a code and press
+Enter; ``help`` lists the commands. Commands can also be piped in on standard input.
+It needs no broker and no hardware.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
+from appliance.config import Config
 from appliance.errors import InputError, TillboxError
 from appliance.money import Currency
 from appliance.receipt import render_text
@@ -57,6 +61,65 @@ def seed(till: Till, data_dir: Path) -> None:
     till.reload_promotions()
 
 
+#: Devices of the demo (all simulated): a till with every peripheral, so every screen has something to show.
+DEMO_DEVICES = """\
+[devices]
+mode = "sim"
+
+[devices.terminal]
+kind = "zvt-serial"
+
+[devices.badge]
+kind = "evdev"
+
+[devices.display]
+kind = "serial"
+
+[devices.scale]
+kind = "serial"
+
+[devices.companion]
+kind = "usb"
+"""
+
+
+def demo_config() -> Config:
+    """The configuration ``tillbox demo`` uses when the data dir has no ``tillbox.toml``."""
+    from appliance.config import parse_config
+
+    return parse_config(DEMO_DEVICES, source="<demo>")
+
+
+#: Demo staff: (id, name, role, PIN, badge).
+DEMO_STAFF = (
+    ("ann", "Ann Cashier", "cashier", "1234", "CASHIER-0001"),
+    ("sam", "Sam Supervisor", "supervisor", "9999", "SUPER-0001"),
+    ("tom", "Tom Technician", "technician", "4321", None),
+)
+
+
+def seed_staff(till: Till) -> None:
+    """Add the demo staff unless someone exists already."""
+    if till.ledger.conn.execute("SELECT count(*) FROM staff").fetchone()[0]:
+        return
+    now = till.clock.now()
+    for staff_id, name, role, pin, badge in DEMO_STAFF:
+        till.staff.add(staff_id, name, role, pin=pin, badge=badge, now=now, actor="demo")
+
+
+def open_demo_shift(till: Till, cashier: str = "demo") -> bool:
+    """Open a shift with a float of 100.00 unless one is open; True if it opened one."""
+    if till.shifts.current() is not None:
+        return False
+    from datetime import timedelta
+
+    from appliance.staff import Action, Approval
+
+    now = till.clock.now()
+    till.shifts.open(10_000, Approval(Action.OPEN_SHIFT, cashier, None, now + timedelta(minutes=1)), now)
+    return True
+
+
 def show(sale: Sale, currency: Currency, out: TextIO) -> None:
     """Print the cart."""
     for ln in sale.lines:
@@ -80,13 +143,7 @@ def run_console(till: Till, inp: TextIO, out: TextIO, *, cashier: str = "demo") 
     """Read commands until ``quit`` or end of input; returns how many sales were completed."""
     from appliance.ledger import verify
 
-    if till.shifts.current() is None:
-        from datetime import timedelta
-
-        from appliance.staff import Action, Approval
-
-        now = till.clock.now()
-        till.shifts.open(10_000, Approval(Action.OPEN_SHIFT, cashier, None, now + timedelta(minutes=1)), now)
+    if open_demo_shift(till, cashier):
         print(f"shift opened with a float of {till.currency.plain(10_000)}", file=out)
     sale = till.new_sale(cashier)
     done = 0
@@ -167,14 +224,63 @@ def _decimal(text: str) -> Decimal:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """``tillbox demo``: seed the data dir and run the console till on stdin/stdout."""
-    from appliance.cli import _open
-
+    """``tillbox demo``: the appliance with the kiosk UI, or with ``--console`` the console till."""
     if args.reset and args.data_dir.exists():
         shutil.rmtree(args.data_dir)
+    if not getattr(args, "console", False):
+        return run_kiosk_demo(args)
+    from appliance.cli import _open
+
     till = _open(args)
     with till.ledger:
         seed(till, args.data_dir)
         print(f"demo data in {args.data_dir}; {till.catalog.count()} items, simulated devices, no broker")
         run_console(till, sys.stdin, sys.stdout)
     return 0
+
+
+def demo_hint(url: str, key: str, data_dir: Path) -> str:
+    """What ``tillbox demo`` prints once the UI answers."""
+    staff = ", ".join(f"{i} / PIN {pin} ({role})" for i, _, role, pin, _ in DEMO_STAFF)
+    where = f" --data-dir {data_dir}"
+    return (
+        f"tillbox demo running: simulated devices, demo catalog, data in {data_dir}\n"
+        f"  cashier           {url}/cashier   staff: {staff}\n"
+        f"  self-checkout     {url}/self-checkout#key={key}\n"
+        f"  customer display  {url}/customer-display#key={key}\n"
+        f"  technician        {url}/technician\n"
+        f"feed the simulated scanner: tillbox scan 4006381333931{where}\n"
+        f"  a badge: tillbox scan --badge SUPER-0001{where}   the scale: tillbox scan --weight 0.5{where}\n"
+        "stop with Ctrl+C"
+    )
+
+
+def run_kiosk_demo(args: argparse.Namespace) -> int:
+    """Run the daemon with simulated devices, the demo catalog, staff and an open shift."""
+    import os
+
+    from appliance.cli import _load
+    from appliance.daemon import Daemon, run_daemon
+
+    os.environ.setdefault("TILLBOX_DEVICES", "sim")
+    config, data_dir = _load(args)
+    if args.config is None and not (data_dir / "tillbox.toml").is_file():
+        config = demo_config()
+    if getattr(args, "port", None) is not None:
+        import dataclasses
+
+        config = dataclasses.replace(config, ui=dataclasses.replace(config.ui, port=args.port))
+
+    def prepare(till: Till) -> None:
+        seed(till, data_dir)
+        seed_staff(till)
+        open_demo_shift(till)
+
+    def ready(daemon: Daemon, port: int) -> None:
+        host = config.ui.listen_host
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"  # noqa: S104
+        key = daemon.key.value if daemon.key else "?"
+        print(demo_hint(url, key, data_dir), flush=True)
+
+    return run_daemon(config, data_dir, brokers=tuple(getattr(args, "broker", ()) or ()), prepare=prepare,
+                      on_ready=ready)  # fmt: skip

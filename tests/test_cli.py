@@ -138,7 +138,7 @@ def test_lookup(data: Path) -> None:
 
 def test_demo_console_rings_a_sale(tmp_path: Path) -> None:
     script = "4006381333931\nqty 0.5 4011\nfoo bar\n999\npay cash 10\nverify\nquit\n"
-    out = run("demo", data=tmp_path / "demo", stdin=script)
+    out = run("demo", "--console", data=tmp_path / "demo", stdin=script)
     assert out.returncode == 0, out.stderr
     assert "17 items" in out.stdout
     assert "! don't understand 'foo bar'" in out.stdout
