@@ -1,6 +1,6 @@
 """``python -m bench [NAME ...]``: run benchmarks and print a table per benchmark.
 
-NAME is a suite (``core``, ``sync``), a core benchmark (lookup, cart, commit, import,
+NAME is a suite (``core``, ``sync``, ``kiosk``), a core benchmark (lookup, cart, commit, import,
 verify) or ``all``; none runs everything. The sync suite lives in :mod:`bench.sync`
 and needs Mosquitto. ``--quick`` uses small sizes for a smoke run,
 ``--set NAME=N`` overrides one size, ``--workdir`` puts the temporary data somewhere
@@ -25,8 +25,8 @@ from bench.core import BENCHMARKS
 
 log = logging.getLogger("bench")
 
-SUITES: dict[str, tuple[str, ...]] = {"core": tuple(BENCHMARKS), "sync": ("sync",)}
-ORDER = (*BENCHMARKS, "sync")
+SUITES: dict[str, tuple[str, ...]] = {"core": tuple(BENCHMARKS), "sync": ("sync",), "kiosk": ("kiosk",)}
+ORDER = (*BENCHMARKS, "sync", "kiosk")
 
 
 def select(names: Sequence[str]) -> list[str]:
@@ -45,18 +45,20 @@ def select(names: Sequence[str]) -> list[str]:
     return [n for n in ORDER if n in wanted]
 
 
-def _sync_results(quick: bool) -> list[BenchResult]:
-    """The sync suite's own results (plain dicts from :func:`bench.sync.run`) as results."""
+def _suite_results(suite: str, quick: bool) -> list[BenchResult]:
+    """A suite's own results (plain dicts from ``bench.<suite>.run``) as results."""
+    import importlib
+
     started = time.perf_counter()
     try:
-        from bench import sync
+        module = importlib.import_module(f"bench.{suite}")
     except ImportError as exc:  # pragma: no cover - its dependencies are in the project's
-        return [BenchResult("sync", "sync benchmarks", "-", {"error": str(exc)}, ok=False)]
+        return [BenchResult(suite, f"{suite} benchmarks", "-", {"error": str(exc)}, ok=False)]
     results = []
-    for raw in sync.run(quick):
+    for raw in module.run(quick):
         fields = {k: v for k, v in raw.items() if k not in ("name", "target", "ok")}
         results.append(
-            BenchResult(str(raw.get("name", "sync")), "defined in bench/sync.py", "see its fields", fields,
+            BenchResult(str(raw.get("name", suite)), f"defined in bench/{suite}.py", "see its fields", fields,
                         target=str(raw.get("target", "")), ok=bool(raw.get("ok")))
         )  # fmt: skip
     for result in results:
@@ -76,8 +78,8 @@ def run(
     results = []
     for name in select(names):
         log.info("running %s", name)
-        if name == "sync":
-            batch = _sync_results(quick)
+        if name in ("sync", "kiosk"):
+            batch = _suite_results(name, quick)
         else:
             with tempfile.TemporaryDirectory(prefix=f"tillbox-bench-{name}-", dir=root) as tmp:
                 batch = [BENCHMARKS[name](sizes, Path(tmp))]
@@ -96,7 +98,7 @@ def _show(result: BenchResult) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description="tillbox benchmarks")
     parser.add_argument(
-        "names", nargs="*", metavar="NAME", help="all (default), core, sync, or: " + ", ".join(BENCHMARKS)
+        "names", nargs="*", metavar="NAME", help="all (default), core, sync, kiosk, or: " + ", ".join(BENCHMARKS)
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few seconds")
     parser.add_argument(

@@ -78,7 +78,7 @@ def test_cli_runs_one_benchmark_with_overrides(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_selection_and_bad_sizes() -> None:
-    assert select([]) == select(["all"]) == [*BENCHMARKS, "sync"]
+    assert select([]) == select(["all"]) == [*BENCHMARKS, "sync", "kiosk"]
     assert select(["core"]) == select(["verify", "core", "lookup"]) == list(BENCHMARKS)
     assert select(["verify", "lookup"]) == ["lookup", "verify"]
     with pytest.raises(ValueError, match="unknown benchmark"):
