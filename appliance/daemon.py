@@ -346,6 +346,7 @@ class Daemon:
         self._health: dict[str, dict[str, str]] = {}
         self._alerts: list[dict[str, str]] = []
         self._sync_health: dict[str, str] = {}
+        self._config_report: dict[str, Any] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -363,6 +364,11 @@ class Daemon:
         logging.getLogger().addHandler(self.logs)
         try:
             ledger = open_ledger(self.config, self.data_dir)
+            try:
+                self._apply_remote_config(ledger)
+            except BaseException:
+                ledger.close()
+                raise
             from kiosk_ui.auth import KioskKey
 
             self.key = KioskKey(self.key_path)
@@ -382,6 +388,7 @@ class Daemon:
                 raise
             if self._prepare is not None:
                 self._prepare(self.till)
+            self._provisioning_alert()
             self._health = self._device_health()
             self._alerts = self._alert_list()
             self._start_sync()
@@ -397,6 +404,20 @@ class Daemon:
                  ", ".join(self._health) or "none",
                  "on" if self.sync is not None else "off")  # fmt: skip
 
+    def _apply_remote_config(self, ledger: Any) -> None:
+        """Lay the shop's accepted desired config (``sync_docs``) over the file config, validated as a whole."""
+        from sync.desired import apply_desired
+
+        applied = apply_desired(self.config, ledger, time=iso_utc(self.clock.now()))
+        self._config_report = applied.report(iso_utc(self.clock.now()))
+        if applied.status != "applied":
+            return
+        self.config = applied.config
+        from kiosk_ui.views import Formatter
+
+        self.fmt = Formatter(self.config.currency, self.config.currency_settings.locale, self.config.store.timezone)
+        self.sessions.idle_seconds = self.config.staff.session_minutes * 60.0
+
     def _start_sync(self) -> None:
         if not (self.config.sync.enabled or self._brokers):
             return
@@ -410,9 +431,10 @@ class Daemon:
 
         self.sync = SyncService.from_config(
             self.config, self.data_dir, brokers=self._brokers, on_change=changed,
-            health=lambda: dict(self._sync_health),
+            health=lambda: dict(self._sync_health), config_report=self._config_report,
             commands={"open_drawer": self._remote("open_drawer"), "reprint": self._remote("reprint")},
         ).start()  # fmt: skip
+        self.t.returns.lookup = self.sync.lookup_sale  # returns of other tills' sales and online orders
 
     def _remote(self, name: str) -> Callable[[Mapping[str, Any]], Mapping[str, Any]]:
         """A sync command handler (runs on the sync thread) that does its work on the loop."""
@@ -451,6 +473,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         if self.sync is not None:
             sync, self.sync = self.sync, None
+            if self.till is not None:
+                self.till.returns.lookup = None
             await loop.run_in_executor(None, sync.close)
         for ex in (self._printer_exec, self._display_exec):
             await loop.run_in_executor(None, ex.shutdown)
@@ -1144,6 +1168,42 @@ class Daemon:
                 "completed_at": self.fmt.when(doc.get("completed_at")), "total": self.fmt.amount(doc["total"]),
                 "lines": lines}  # fmt: skip
 
+    async def original_sale(self, reference: str) -> dict[str, Any]:
+        """``Returns.find_sale``, with any lookup at the shop waiting in an executor, not on the loop."""
+        returns = self.t.returns
+        lookup = returns.lookup
+        if lookup is None:
+            return returns.find_sale(reference)
+        asked: list[str] = []
+
+        def defer(key: str) -> Mapping[str, Any]:
+            asked.append(key)
+            raise _AskShop
+
+        returns.lookup = defer
+        try:
+            return returns.find_sale(reference)
+        except _AskShop:
+            pass
+        finally:
+            returns.lookup = lookup
+        outcome: Mapping[str, Any] | BaseException
+        try:
+            outcome = await self._io(lookup, asked[0])
+        except TillboxError as exc:
+            outcome = exc
+
+        def answer(key: str) -> Mapping[str, Any]:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+
+        returns.lookup = answer
+        try:
+            return returns.find_sale(reference)
+        finally:
+            returns.lookup = lookup
+
     def _requests(self, lines: Sequence[Mapping[str, Any]]) -> list[ReturnRequest]:
         return [ReturnRequest(qty=Decimal(str(ln["qty"])), line=ln.get("line"), sku=ln.get("sku"),
                               disposition=ln.get("disposition", "restock")) for ln in lines]  # fmt: skip
@@ -1158,7 +1218,7 @@ class Daemon:
         till.shifts.require_open()
         requests = self._requests(lines)
         if reference is not None:
-            plan = till.returns.plan_receipted(till.returns.find_sale(reference), requests, reason)
+            plan = till.returns.plan_receipted(await self.original_sale(reference), requests, reason)
             granted = self.authorize(session, Action.REFUND, approval, staff_only=True)
         else:
             granted = self.authorize(session, Action.RETURN_NO_RECEIPT, approval, staff_only=True)
@@ -1182,7 +1242,7 @@ class Daemon:
 
         sale = self._current(session)
         till = self.t
-        plan = till.returns.plan_receipted(till.returns.find_sale(reference), self._requests(lines), reason)
+        plan = till.returns.plan_receipted(await self.original_sale(reference), self._requests(lines), reason)
         granted = self.authorize(session, Action.REFUND, approval, staff_only=True)
         ret, done = till.exchange(plan, sale, granted)
         receipt = till.receipt(done)
@@ -1274,6 +1334,26 @@ class Daemon:
             out["connected"] = False
         return out
 
+    def _provisioning(self) -> dict[str, Any]:
+        """The enrolled identity, and the last provisioning failure (shown on the technician page)."""
+        from appliance import provision
+
+        error_file = self.data_dir / provision.ERROR_FILE
+        error = error_file.read_text(encoding="utf-8").strip() if error_file.is_file() else None
+        return {"identity": provision.provisioned(self.data_dir), "error": error}
+
+    def _provisioning_alert(self) -> None:
+        """A bad provisioning file is an alert on every screen until provisioning succeeds."""
+        from appliance.alerts import clear_alert, raise_alert
+
+        error = self._provisioning()["error"]
+        now = iso_utc(self.clock.now())
+        if error:
+            message = f"provisioning failed: {error}"
+            raise_alert(self.t.ledger, "provisioning", message, time=now, severity="critical")
+        else:
+            clear_alert(self.t.ledger, "provisioning", time=now)
+
     def versions(self, session: Any) -> dict[str, Any]:
         self.require_role(session, Role.TECHNICIAN)
         import sqlite3
@@ -1287,6 +1367,7 @@ class Daemon:
                 deps[name] = None
         return {"tillbox": __version__, "python": sys.version.split()[0], "sqlite": sqlite3.sqlite_version,
                 "ledger_schema": self.t.ledger.schema_version, "packages": deps,
+                "provisioning": self._provisioning(),
                 "uptime_s": int(time.monotonic() - (self.started_at or time.monotonic()))}  # fmt: skip
 
     def config_view(self, session: Any) -> dict[str, Any]:
@@ -1308,6 +1389,10 @@ class Daemon:
             sim.place(Decimal(value))
         else:
             raise DeviceUnavailable(f"there is no simulated {device} to feed")
+
+
+class _AskShop(Exception):
+    """Internal: the sale must be asked from the shop (off the loop)."""
 
 
 class _Terminal:

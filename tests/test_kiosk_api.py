@@ -509,3 +509,25 @@ def test_technician_pages(tmp_path: Path, clock: FrozenClock) -> None:
         assert versions["ledger_schema"] >= 1 and versions["tillbox"]
         status, logs = api.get("/tech/logs?limit=50", tech)
         assert status == 200 and isinstance(logs, list)
+
+
+def test_bad_provisioning_is_an_alert_and_shown_to_technicians(tmp_path: Path, clock: FrozenClock) -> None:
+    from appliance.alerts import active_alerts
+    from appliance.provision import ERROR_FILE
+
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / ERROR_FILE).write_text("tillbox-provision.toml: enrollment token already used\n")
+    running = _start(tmp_path, clock)
+    try:
+        with Api(running) as api:
+            alerts = running.call(lambda: [a.code for a in active_alerts(running.daemon.t.ledger)])
+            assert "provisioning" in alerts
+            token = api.login("tom", "4321")
+            status, versions = api.get("/tech/versions", token)
+            assert status == 200
+            assert versions["provisioning"] == {
+                "identity": None,
+                "error": "tillbox-provision.toml: enrollment token already used",
+            }
+    finally:
+        running.stop()

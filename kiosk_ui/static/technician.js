@@ -42,8 +42,10 @@ async function loadSync() {
 
 async function loadVersions() {
   const v = await api("/tech/versions");
+  const prov = v.provisioning || {};
+  const enrolled = prov.identity ? `${prov.identity.store_id}/${prov.identity.device_id}` : "not enrolled";
   facts($("#version-info"), [["tillbox", v.tillbox], ["Python", v.python], ["SQLite", v.sqlite], ["Ledger schema", v.ledger_schema],
-    ["Uptime", `${v.uptime_s} s`], ...Object.entries(v.packages)]);
+    ["Uptime", `${v.uptime_s} s`], ["Provisioning", prov.error ? `FAILED: ${prov.error}` : enrolled], ...Object.entries(v.packages)]);
 }
 
 async function loadLogs() {
