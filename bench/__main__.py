@@ -1,8 +1,8 @@
 """``python -m bench [NAME ...]``: run benchmarks and print a table per benchmark.
 
-NAME is a suite (``core``, ``sync``, ``kiosk``), a core benchmark (lookup, cart, commit, import,
-verify) or ``all``; none runs everything. The sync suite lives in :mod:`bench.sync`
-and needs Mosquitto. ``--quick`` uses small sizes for a smoke run,
+NAME is a suite (``core``, ``sync``, ``kiosk``, ``devices``), a core benchmark (lookup, cart,
+commit, import, verify) or ``all``; none runs everything. The sync suite lives in :mod:`bench.sync`
+and needs Mosquitto; the devices suite is :mod:`bench.devices`. ``--quick`` uses small sizes for a smoke run,
 ``--set NAME=N`` overrides one size, ``--workdir`` puts the temporary data somewhere
 else (the storage under test matters for ``commit``), ``--json`` saves the results.
 The exit status is 0 unless ``--check`` is given and a target was missed.
@@ -25,8 +25,10 @@ from bench.core import BENCHMARKS
 
 log = logging.getLogger("bench")
 
-SUITES: dict[str, tuple[str, ...]] = {"core": tuple(BENCHMARKS), "sync": ("sync",), "kiosk": ("kiosk",)}
-ORDER = (*BENCHMARKS, "sync", "kiosk")
+SUITES: dict[str, tuple[str, ...]] = {
+    "core": tuple(BENCHMARKS), "sync": ("sync",), "kiosk": ("kiosk",), "devices": ("devices",)
+}  # fmt: skip
+ORDER = (*BENCHMARKS, "sync", "kiosk", "devices")
 
 
 def select(names: Sequence[str]) -> list[str]:
@@ -78,7 +80,7 @@ def run(
     results = []
     for name in select(names):
         log.info("running %s", name)
-        if name in ("sync", "kiosk"):
+        if name in ("sync", "kiosk", "devices"):
             batch = _suite_results(name, quick)
         else:
             with tempfile.TemporaryDirectory(prefix=f"tillbox-bench-{name}-", dir=root) as tmp:
@@ -98,7 +100,7 @@ def _show(result: BenchResult) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description="tillbox benchmarks")
     parser.add_argument(
-        "names", nargs="*", metavar="NAME", help="all (default), core, sync, kiosk, or: " + ", ".join(BENCHMARKS)
+        "names", nargs="*", metavar="NAME", help=f"all (default), {', '.join(SUITES)}, or: " + ", ".join(BENCHMARKS)
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few seconds")
     parser.add_argument(

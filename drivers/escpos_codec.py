@@ -14,6 +14,7 @@ reads such bytes back as plain text (the simulator's view). Command layouts foll
 
 from __future__ import annotations
 
+import functools
 import textwrap
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -104,12 +105,26 @@ def _encodable(text: str, page: CodePage) -> bool:
     return True
 
 
+_PRINTABLE_ASCII = "".join(chr(c) for c in range(0x20, 0x7F))
+
+
+@functools.cache
+def _ascii_identical(codec: str) -> bool:
+    """Whether the code page prints ASCII 0x20-0x7E as those same bytes (true of the common ones)."""
+    try:
+        return _PRINTABLE_ASCII.encode(codec) == _PRINTABLE_ASCII.encode("ascii")
+    except UnicodeEncodeError:
+        return False
+
+
 def printable(text: str, page: CodePage) -> str:
     """Text reduced to characters the code page can print, one byte each.
 
     Control characters never pass (a product name cannot smuggle in a command); other
     missing characters are transliterated ("€" -> "EUR" on CP437, "ő" -> "o") or become "?".
     """
+    if text.isascii() and text.isprintable() and _ascii_identical(page.codec):
+        return text  # the common case, and the hot path of every receipt line
     out: list[str] = []
     for ch in text:
         category = unicodedata.category(ch)

@@ -77,8 +77,35 @@ def test_cli_runs_one_benchmark_with_overrides(tmp_path: Path, capsys: pytest.Ca
     assert "p99 add_item (CPU)" in capsys.readouterr().out
 
 
+def test_devices_suite_quick_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "results.json"
+    assert main(["devices", "--quick", "--json", str(out), "-q"]) == 0
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    results = {r["name"]: r for r in doc["results"]}
+    assert list(results) == ["devices.scan_to_daemon", "devices.render_receipt"]
+    for r in results.values():
+        assert r["target"] and isinstance(r["passed"], bool)
+        figures = {k: v for k, v in r["params"].items() if k.endswith("_ms")}
+        assert figures and all(math.isfinite(v) and v > 0 for v in figures.values()), figures
+    printed = capsys.readouterr().out
+    assert all(f"== {name}:" in printed for name in results)
+    scan = results["devices.scan_to_daemon"]["params"]
+    assert scan["scans"] == 30
+    for stage in ("bare", "driver", "loop", "line"):
+        assert scan[f"{stage}_p50_ms"] <= scan[f"{stage}_p99_ms"] <= scan[f"{stage}_max_ms"]
+    # Every scan passes the driver, then the daemon's loop, then lands in the sale: the
+    # per-scan times are ordered, so each percentile of them is too.
+    for stat in ("p50", "p99", "max"):
+        assert scan[f"driver_{stat}_ms"] <= scan[f"loop_{stat}_ms"] <= scan[f"line_{stat}_ms"]
+    render = results["devices.render_receipt"]["params"]
+    assert render["sale_lines"] == 50 and render["renders"] == 30
+    assert render["text_lines"] > render["sale_lines"] and render["bytes"] > 50 * 48
+    assert render["paper"] == "80 mm CP858"
+
+
 def test_selection_and_bad_sizes() -> None:
-    assert select([]) == select(["all"]) == [*BENCHMARKS, "sync", "kiosk"]
+    assert select([]) == select(["all"]) == [*BENCHMARKS, "sync", "kiosk", "devices"]
+    assert select(["devices"]) == ["devices"]
     assert select(["core"]) == select(["verify", "core", "lookup"]) == list(BENCHMARKS)
     assert select(["verify", "lookup"]) == ["lookup", "verify"]
     with pytest.raises(ValueError, match="unknown benchmark"):
