@@ -29,9 +29,18 @@ class Formatter:
         self.currency = currency
         self.locale = locale
         self.tz = ZoneInfo(timezone)
+        self._money: dict[int, str] = {}
 
     def money(self, minor: int) -> str:
-        return str(format_currency(self.currency.to_decimal(minor), self.currency.code, locale=self.locale))
+        """Babel's locale format; memoised, since a cart view formats the same amounts on every change."""
+        text = self._money.get(minor)
+        if text is None:
+            if len(self._money) >= 10_000:
+                self._money.clear()
+            text = self._money[minor] = str(
+                format_currency(self.currency.to_decimal(minor), self.currency.code, locale=self.locale)
+            )
+        return text
 
     def qty(self, value: Decimal, unit: str) -> str:
         text = str(format_decimal(value.normalize(), locale=self.locale))
