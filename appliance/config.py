@@ -1459,6 +1459,60 @@ def load_config(path: Path | None, *, environ: Mapping[str, str] | None = None) 
     return parse_config(content, source=str(path), environ=environ)
 
 
+def config_to_raw(config: Config) -> dict[str, Any]:
+    """The configuration as raw TOML data: :func:`merge_config` of no values gives an equal Config."""
+    return _raw_table(config, config.currency)
+
+
+def _raw_table(obj: Table, currency: Currency) -> dict[str, Any]:
+    raw: dict[str, Any] = {}
+    for key, f, spec in schema_fields(type(obj)):
+        value = getattr(obj, f.name)
+        if spec.kind == "table":
+            raw[key] = _raw_table(value, currency)
+        elif spec.kind == "map":
+            raw[key] = {code: _raw_table(v, currency) for code, v in value.items()}
+        elif spec.kind == "array":
+            raw[key] = [_raw_table(v, currency) for v in value]
+        elif spec.kind == "list":
+            raw[key] = list(value)
+        elif spec.kind == "money":
+            raw[key] = currency.to_decimal(value)
+        else:
+            raw[key] = value
+    return raw
+
+
+def merge_config(
+    config: Config,
+    values: Mapping[str, Any],
+    *,
+    source: str = "merged config",
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """``config`` with raw values by dotted key (``sync.keepalive``) laid over it, validated as a whole.
+
+    The result passes the same checks as a file would; raises :class:`InvalidConfigError`
+    listing every problem. ``environ`` (default ``os.environ``) applies ``TILLBOX_DEVICES`` again.
+    """
+    raw = config_to_raw(config)
+    problems: list[str] = []
+    for dotted, value in values.items():
+        *path, leaf = dotted.split(".")
+        node: Any = raw
+        for part in path:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            problems.append(f"{dotted}: not a key of a table")
+            continue
+        node[leaf] = value
+    parser = _Parser()
+    merged = parser.table(Config, raw, _Where("", "the top level")) if not problems else None
+    if problems or parser.problems or merged is None:
+        raise InvalidConfigError(source, problems or parser.problems or ["invalid configuration"])
+    return _apply_env(merged, os.environ if environ is None else environ, source)
+
+
 # --------------------------------------------------------------------------- reference document
 
 

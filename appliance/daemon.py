@@ -1156,9 +1156,9 @@ class Daemon:
 
     # -- returns ---------------------------------------------------------------------------------
 
-    def find_sale(self, session: Any, reference: str) -> dict[str, Any]:
+    async def find_sale(self, session: Any, reference: str) -> dict[str, Any]:
         self.authorize(session, Action.SELL, staff_only=True, approvable=False)
-        doc = self.t.returns.find_sale(reference)
+        doc = await self.original_sale(reference)
         done = self.t.returns.refunded(doc["id"])
         lines = [{"line": ln["line"], "name": ln["name"], "qty": ln["qty"], "unit": ln["unit"],
                   "total": self.fmt.amount(ln["total"]), "voided": ln["voided"],

@@ -11,7 +11,7 @@ refunded twice. A no-receipt return needs a supervisor's approval and a reason.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from appliance.catalog import Catalog
 from appliance.clock import iso_utc
-from appliance.errors import InputError, NotFound, SaleError, TenderError
+from appliance.errors import DeviceUnavailable, InputError, NotFound, SaleError, TenderError
 from appliance.ids import uuid7
 from appliance.ledger import Ledger, NewEvent, Tx
 from appliance.money import Currency
@@ -32,6 +32,10 @@ RefundPolicy = Literal["original", "cash", "store_credit"]
 
 #: Reason codes a no-receipt return must give.
 NO_RECEIPT_REASONS = ("gift", "lost_receipt", "wrong_item", "defective", "other")
+
+#: Asks the shop for a sale this till does not have and stores it in ``remote_sales``
+#: (see ``sync.service.SyncService.lookup_sale``); raises NotFound or DeviceUnavailable.
+SaleLookup = Callable[[str], Mapping[str, Any]]
 
 
 def sale_reference(device: str, number: int) -> str:
@@ -90,11 +94,17 @@ class Returns:
         self.currency = currency
         self.tax = tax
         self.device = store_device
+        self.lookup: SaleLookup | None = None  # set when sync runs: sales of other tills and online orders
 
     # -- finding the original --------------------------------------------------------------------
 
     def find_sale(self, reference: str) -> dict[str, Any]:
-        """An original sale by receipt reference, sale id, or local receipt number."""
+        """An original sale by receipt reference, sale id, or local receipt number.
+
+        A sale that is not this till's is asked from the shop through :attr:`lookup`
+        (fresh, so refunds made at other tills count); when the shop cannot be
+        reached, a copy received earlier is used, else :class:`DeviceUnavailable`.
+        """
         conn = self.ledger.conn
         ref = reference.strip()
         parsed = parse_reference(ref)
@@ -109,18 +119,33 @@ class Returns:
                 "SELECT j.payload FROM sales s JOIN journal j ON j.seq = s.journal_seq WHERE s.id = ?", (ref,)
             ).fetchone()
         if row is None:  # another till of the store, or an online order, as delivered by sync
-            row = conn.execute("SELECT body FROM remote_sales WHERE id = ? OR reference = ?", (ref, ref)).fetchone()
+            key = sale_reference(*parsed) if parsed else ref
+            if self.lookup is not None and not (parsed and parsed[0] == self.device):
+                try:
+                    self.lookup(key)
+                except NotFound:
+                    raise NotFound(f"no sale found for receipt {ref}, on this till or at the shop") from None
+                except DeviceUnavailable as exc:
+                    if self._remote_row(key) is None:
+                        raise DeviceUnavailable(f"sale {ref} is not on this till and {exc}") from None
+            row = self._remote_row(key)
         if row is None:
             raise NotFound(f"no sale found for receipt {ref}")
         doc: dict[str, Any] = json.loads(row[0])
         return doc
 
+    def _remote_row(self, key: str) -> Any:
+        return self.ledger.conn.execute(
+            "SELECT body FROM remote_sales WHERE id = ? OR reference = ? ORDER BY received_at DESC", (key, key)
+        ).fetchone()
+
     def refunded(self, sale_id: str) -> dict[int, tuple[Decimal, int, int]]:
-        """Per original line: quantity, amount and tax already refunded."""
+        """Per original line: quantity, amount and tax already refunded (here, and at other tills as the shop said)."""
         out: dict[int, tuple[Decimal, int, int]] = {}
-        for line_no, qty, amount, tax in self.ledger.conn.execute(
-            "SELECT line_no, qty, amount, tax FROM refunds WHERE sale_id = ?", (sale_id,)
-        ):
+        rows = list(self.ledger.conn.execute("SELECT line_no, qty, amount, tax FROM refunds WHERE sale_id = ?",
+                                             (sale_id,)))  # fmt: skip
+        rows += [(r["line"], r["qty"], r["amount"], r["tax"]) for r in _refunded_elsewhere(self.ledger.conn, sale_id)]
+        for line_no, qty, amount, tax in rows:
             q, a, t = out.get(int(line_no), (Decimal(0), 0, 0))
             out[int(line_no)] = (q + Decimal(qty), a + int(amount), t + int(tax))
         return out
@@ -351,7 +376,15 @@ def _sold_qty(conn: Any, sale_id: str, line_no: int) -> Decimal | None:
     remote = conn.execute("SELECT body FROM remote_sales WHERE id = ?", (sale_id,)).fetchone()
     if remote is None:
         return None
+    elsewhere = sum((Decimal(r["qty"]) for r in _refunded_elsewhere(conn, sale_id) if r["line"] == line_no),
+                    Decimal(0))  # fmt: skip
     for ln in json.loads(remote[0])["lines"]:
         if ln["line"] == line_no:
-            return Decimal(ln["qty"])
+            return Decimal(ln["qty"]) - elsewhere
     return None
+
+
+def _refunded_elsewhere(conn: Any, sale_id: str) -> list[dict[str, Any]]:
+    """Refunds of a sale made at other tills, as the shop reported them with the sale."""
+    row = conn.execute("SELECT body FROM remote_sales WHERE id = ?", (sale_id,)).fetchone()
+    return list(json.loads(row[0]).get("refunded_elsewhere", [])) if row is not None else []

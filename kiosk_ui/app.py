@@ -363,7 +363,7 @@ def create_app(daemon: Daemon) -> FastAPI:
 
     @api.get("/sales/{reference}", summary="A past sale, for a return")
     async def find_sale(reference: Annotated[str, PathParam(min_length=1, max_length=64)], s: S) -> dict[str, Any]:
-        return daemon.find_sale(s, reference)
+        return await daemon.find_sale(s, reference)
 
     @api.post("/returns", summary="Refund lines of a sale, or items without a receipt")
     async def refund(body: m.ReturnIn, s: S) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The MQTT contract: topic names and the CloudEvents envelope.
 
-Topics are ``tillbox/v1/{store}/{device}/{class}/{name}`` for one device and
+Topics are ``tillbox/v1/{store}/{device}/{class}/{name}`` for one device (``req`` is
+the class of the device's own requests to the shop, answered on ``res``) and
 ``tillbox/v1/{store}/{kind}/{name}`` for store-wide documents; see
 ``docs/asyncapi.yaml``. Business events are CloudEvents 1.0 in JSON structured
 mode; ``id`` is the outbox UUIDv7 (the idempotency key) and the extensions
@@ -22,9 +23,11 @@ PREFIX: Final = "tillbox/v1"
 SPECVERSION: Final = "1.0"
 CONTENT_TYPE: Final = "application/cloudevents+json"
 DATA_CONTENT_TYPE: Final = "application/json"
-DEVICE_CLASSES: Final = ("evt", "state", "status", "cmd", "res", "cfg")
+DEVICE_CLASSES: Final = ("evt", "state", "status", "cmd", "res", "cfg", "req")
 STORE_KINDS: Final = ("catalog", "promotions", "stock", "orders")
 TYPE_PREFIX: Final = "tillbox."
+#: The reference hub's own topics (its retained status, and the responses to its commands).
+HUB_PREFIX: Final = "tillbox/hub"
 
 _SEGMENT = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 

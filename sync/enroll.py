@@ -70,6 +70,8 @@ class EnrollmentAuthority:
     def issue_token(self, store: str, device: str) -> str:
         """A new one-time token for one device (shown once; only its hash is kept)."""
         token = secrets.token_urlsafe(24)
+        while token.startswith("-"):  # a leading "-" reads as an option on a command line
+            token = secrets.token_urlsafe(24)
         with self._lock:
             self.db.execute(
                 "INSERT INTO tokens(hash, store, device, created_at) VALUES (?, ?, ?, ?)",

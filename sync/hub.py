@@ -9,6 +9,10 @@
   orders reserve units) and republishes retained stock levels;
 - sends end-to-end acks (highest contiguous sequence per device, retained);
 - answers reconciliation requests with its view of each till;
+- answers sale lookups (``req/sale``) from the sales it ingested and the paid online
+  orders it published, so a till can take a return of a sale it does not have;
+- tracks the refunds every till reports (``tillbox.return.completed``) and raises a
+  ``returns.over_refunded`` alert when a line has been refunded more than it sold;
 - publishes catalog snapshots and deltas, promotions, desired config, pickup orders
   and commands.
 
@@ -25,7 +29,7 @@ import logging
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -35,10 +39,12 @@ from typing import Any, Final, TypeVar
 import paho.mqtt.client as mqtt
 
 from appliance.clock import Clock, SystemClock, iso_utc
-from appliance.errors import InputError, TillboxError
+from appliance.errors import InputError, NotFound, TillboxError
 from appliance.ledger.store import milli_to_qty, qty_to_milli
-from sync.contract import PREFIX, parse_device_topic, sku_segment, source, store_topic
+from appliance.returns import parse_reference
+from sync.contract import HUB_PREFIX, PREFIX, parse_device_topic, sku_segment, source, store_topic
 from sync.link import LinkSettings, MqttLink, message_properties
+from sync.lookup import returnable_order
 from sync.schemas import validate
 from sync.worker import LinkWorker
 
@@ -46,7 +52,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 STORE_CHANNEL: Final = "store"
-_HUB_PREFIX: Final = "tillbox/hub"
+_HUB_PREFIX: Final = HUB_PREFIX
+ALERT_OVER_REFUNDED: Final = "returns.over_refunded"
+#: Seconds a lookup answer stays deliverable (MQTT 5 message expiry).
+ANSWER_EXPIRY: Final = 30
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -64,7 +73,15 @@ CREATE TABLE IF NOT EXISTS conflicts(
 CREATE TABLE IF NOT EXISTS rejected(topic TEXT NOT NULL, reason TEXT NOT NULL, received_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sales(
     id TEXT PRIMARY KEY, store TEXT NOT NULL, device TEXT NOT NULL, number INTEGER NOT NULL,
-    total INTEGER NOT NULL, currency TEXT NOT NULL, time TEXT NOT NULL);
+    total INTEGER NOT NULL, currency TEXT NOT NULL, time TEXT NOT NULL, event_id TEXT);
+CREATE INDEX IF NOT EXISTS sales_by_number ON sales(store, device, number);
+CREATE TABLE IF NOT EXISTS refunds(
+    store TEXT NOT NULL, sale_id TEXT NOT NULL, line INTEGER NOT NULL, device TEXT NOT NULL, return_id TEXT NOT NULL,
+    qty_milli INTEGER NOT NULL, amount INTEGER NOT NULL, tax INTEGER NOT NULL, PRIMARY KEY(return_id, line));
+CREATE INDEX IF NOT EXISTS refunds_by_sale ON refunds(store, sale_id, line);
+CREATE TABLE IF NOT EXISTS alerts(
+    id INTEGER PRIMARY KEY, code TEXT NOT NULL, store TEXT NOT NULL, subject TEXT NOT NULL, message TEXT NOT NULL,
+    raised_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS stock(
     store TEXT NOT NULL, channel TEXT NOT NULL, sku TEXT NOT NULL, level_milli INTEGER NOT NULL,
     PRIMARY KEY(store, channel, sku));
@@ -90,6 +107,7 @@ class _Batch:
     stock: set[tuple[str, str]] = field(default_factory=set)
     replies: list[tuple[str, bytes]] = field(default_factory=list)
     snapshots: set[str] = field(default_factory=set)
+    lookups: list[mqtt.MQTTMessage] = field(default_factory=list)
 
 
 class Hub(LinkWorker):
@@ -114,6 +132,10 @@ class Hub(LinkWorker):
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = FULL")
         self.db.execute("PRAGMA busy_timeout = 5000")
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sales'").fetchone() is not None:
+            columns = {str(r[1]) for r in self.db.execute("PRAGMA table_info(sales)")}
+            if "event_id" not in columns:  # hub databases from before sale lookups
+                self.db.execute("ALTER TABLE sales ADD COLUMN event_id TEXT")
         self.db.executescript(_SCHEMA)
         self._init_worker()
         self._pending: list[mqtt.MQTTMessage] = []
@@ -175,7 +197,7 @@ class Hub(LinkWorker):
         return f"{_HUB_PREFIX}/status", json.dumps({"online": False, "session": session}).encode()
 
     def _connected(self, session: int) -> None:
-        self.link.subscribe([(f"{PREFIX}/+/+/evt/+", 1), (f"{_HUB_PREFIX}/res/+", 1)])
+        self.link.subscribe([(f"{PREFIX}/+/+/evt/+", 1), (f"{PREFIX}/+/+/req/+", 1), (f"{_HUB_PREFIX}/res/+", 1)])
         self.link.publish(f"{_HUB_PREFIX}/status", json.dumps({"online": True, "session": session}).encode(),
                           retain=True)  # fmt: skip
 
@@ -199,6 +221,8 @@ class Hub(LinkWorker):
             for msg in messages:
                 if msg.topic.startswith(f"{_HUB_PREFIX}/res/"):
                     self._response(msg)
+                elif (t := parse_device_topic(msg.topic)) is not None and t.klass == "req":
+                    batch.lookups.append(msg)  # answered after this batch is applied
                 else:
                     self._store_event(msg, now, batch)
             for store, device in sorted(batch.acks):
@@ -222,6 +246,8 @@ class Hub(LinkWorker):
             self.link.publish(topic, body)
         for store in sorted(batch.snapshots):
             self._republish(store, "catalog/snapshot", "catalog")
+        for msg in batch.lookups:
+            self._answer_lookup(msg)
 
     def _store_event(self, msg: mqtt.MQTTMessage, now: str, batch: _Batch) -> None:
         topic = parse_device_topic(msg.topic)
@@ -270,15 +296,15 @@ class Hub(LinkWorker):
         ).fetchone()
         expected = int(contiguous) + 1
         rows = self.db.execute(
-            "SELECT seq, type, body FROM events WHERE source = ? AND seq >= ? ORDER BY seq",
+            "SELECT seq, type, body, id FROM events WHERE source = ? AND seq >= ? ORDER BY seq",
             (source(store, device), expected),
         )
         next_present = None
-        for seq, type_, body in rows.fetchall():
+        for seq, type_, body, event_id in rows.fetchall():
             if seq != expected:
                 next_present = int(seq)
                 break
-            self._apply(store, device, int(seq), str(type_), json.loads(body)["data"], batch)
+            self._apply(store, device, int(seq), str(type_), json.loads(body)["data"], batch, str(event_id))
             expected += 1
         self.db.execute(
             "UPDATE devices SET contiguous = ? WHERE store = ? AND device = ?", (expected - 1, store, device)
@@ -292,13 +318,18 @@ class Hub(LinkWorker):
             )
         del max_seen
 
-    def _apply(self, store: str, device: str, seq: int, type_: str, data: dict[str, Any], batch: _Batch) -> None:
+    def _apply(
+        self, store: str, device: str, seq: int, type_: str, data: dict[str, Any], batch: _Batch, event_id: str
+    ) -> None:
         if type_ == "tillbox.sale.completed":
             self.db.execute(
-                "INSERT OR IGNORE INTO sales(id, store, device, number, total, currency, time) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (data["id"], store, device, data["number"], data["total"], data["currency"], data["completed_at"]),
-            )
+                "INSERT OR IGNORE INTO sales(id, store, device, number, total, currency, time, event_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (data["id"], store, device, data["number"], data["total"], data["currency"], data["completed_at"],
+                 event_id),
+            )  # fmt: skip
+        elif type_ == "tillbox.return.completed":
+            self._record_return(store, device, data)
         elif type_ == "tillbox.stock.moved":
             for move in data["moves"]:
                 milli = qty_to_milli(Decimal(str(move["delta"])))
@@ -359,6 +390,112 @@ class Hub(LinkWorker):
                 fut.set_result(json.loads(msg.payload))
             except ValueError as exc:
                 fut.set_exception(InputError(f"bad command response: {exc}"))
+
+    # -- returns: sale lookups and refunds across tills --------------------------------------------
+
+    def _returnable(self, store: str, reference: str) -> dict[str, Any]:
+        """A sale of any till (by receipt reference or sale id) or a paid online order; raises NotFound."""
+        parsed = parse_reference(reference)
+        args: tuple[Any, ...]
+        if parsed is not None:
+            where, args = "s.store = ? AND s.device = ? AND s.number = ?", (store, parsed[0], parsed[1])
+        else:
+            where, args = "s.store = ? AND s.id = ?", (store, reference)
+        row = self.db.execute(
+            "SELECT s.id, s.device, e.body FROM sales s LEFT JOIN events e ON e.id = s.event_id WHERE " + where, args
+        ).fetchone()
+        if row is not None and row[2] is None:  # ingested before sale lookups existed
+            row = self.db.execute(
+                "SELECT ?, ?, body FROM events WHERE source = ? AND type = 'tillbox.sale.completed' "
+                "AND json_extract(body, '$.data.id') = ?", (row[0], row[1], source(store, row[1]), row[0])
+            ).fetchone()  # fmt: skip
+        if row is not None:
+            data: dict[str, Any] = json.loads(row[2])["data"]
+            return data
+        if parsed is None:
+            order = self.db.execute("SELECT body FROM orders WHERE store = ? AND id = ?", (store, reference)).fetchone()
+            if order is not None:
+                return returnable_order(json.loads(order[0]), store)
+        raise NotFound(f"no sale or online order {reference} in store {store}")
+
+    def _refunded(self, store: str, sale_id: str, *, besides: str | None = None) -> list[dict[str, Any]]:
+        """Per line: what has been refunded of a sale (by devices other than ``besides``)."""
+        rows = self.db.execute(
+            "SELECT line, sum(qty_milli), sum(amount), sum(tax) FROM refunds WHERE store = ? AND sale_id = ? "
+            "AND device != ? GROUP BY line ORDER BY line", (store, sale_id, besides or "")
+        )  # fmt: skip
+        return [{"line": int(ln), "qty": str(milli_to_qty(int(q))), "amount": int(a), "tax": int(t)}
+                for ln, q, a, t in rows]  # fmt: skip
+
+    def _record_return(self, store: str, device: str, data: Mapping[str, Any]) -> None:
+        """Count a till's refunds per original line; flag a line refunded beyond what was sold."""
+        sale_id = data.get("original_sale_id")
+        if not sale_id:
+            return  # a return without receipt
+        for ln in data["lines"]:
+            if ln.get("line") is None:
+                continue
+            self.db.execute(
+                "INSERT OR IGNORE INTO refunds(store, sale_id, line, device, return_id, qty_milli, amount, tax) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (store, sale_id, ln["line"], device, data["id"], qty_to_milli(Decimal(str(ln["qty"]))),
+                 int(ln["amount"]), int(ln["tax"])),
+            )  # fmt: skip
+        try:
+            sold = {int(ln["line"]): Decimal(str(ln["qty"])) for ln in self._returnable(store, str(sale_id))["lines"]}
+        except (NotFound, InputError):
+            return  # the original is not known here (yet): nothing to compare with
+        for done in self._refunded(store, str(sale_id)):
+            if Decimal(done["qty"]) > sold.get(done["line"], Decimal(0)):
+                devices = [str(r[0]) for r in self.db.execute(
+                    "SELECT DISTINCT device FROM refunds WHERE store = ? AND sale_id = ? AND line = ? ORDER BY device",
+                    (store, sale_id, done["line"]))]  # fmt: skip
+                self._alert(ALERT_OVER_REFUNDED, store, f"{sale_id}/{done['line']}",
+                            f"line {done['line']} of sale {sale_id}: {done['qty']} refunded but "
+                            f"{sold.get(done['line'], 0)} sold (refunds by {', '.join(devices)})")  # fmt: skip
+
+    def _alert(self, code: str, store: str, subject: str, message: str) -> None:
+        exists = self.db.execute(
+            "SELECT 1 FROM alerts WHERE code = ? AND store = ? AND subject = ? AND message = ?",
+            (code, store, subject, message),
+        ).fetchone()
+        if exists is None:
+            log.warning("hub alert %s in store %s: %s", code, store, message)
+            self.db.execute("INSERT INTO alerts(code, store, subject, message, raised_at) VALUES (?, ?, ?, ?, ?)",
+                            (code, store, subject, message, self._now()))  # fmt: skip
+
+    def _answer_lookup(self, msg: mqtt.MQTTMessage) -> None:
+        """Answer a till's ``req/sale`` on its own ``res`` topic, with the request's correlation data."""
+        topic = parse_device_topic(msg.topic)
+        assert topic is not None
+        reply_to = getattr(msg.properties, "ResponseTopic", None)
+        correlation = getattr(msg.properties, "CorrelationData", None)
+        if topic.name != "sale":
+            self._reject(msg.topic, f"unknown request {topic.name!r}")
+            return
+        if not reply_to or not str(reply_to).startswith(f"{PREFIX}/{topic.store}/{topic.device}/res/"):
+            self._reject(msg.topic, "a sale lookup must name a response topic under the device's own res/")
+            return
+        try:
+            request = json.loads(msg.payload)
+            validate("sale-lookup", request)
+        except (ValueError, InputError) as exc:
+            self._reject(msg.topic, str(exc))
+            return
+        reference = str(request["reference"])
+        answer: dict[str, Any] = {"reference": reference, "time": self._now()}
+        try:
+            sale = self._returnable(topic.store, reference)
+        except InputError as exc:
+            reason = "unknown" if isinstance(exc, NotFound) else "not_returnable"
+            answer.update(found=False, reason=reason, error=str(exc)[:200])
+        else:
+            refunded = self._refunded(topic.store, str(sale["id"]), besides=topic.device)
+            answer.update(found=True, sale=sale, refunded=refunded)
+        props = message_properties(ContentType="application/json", MessageExpiryInterval=ANSWER_EXPIRY)
+        if correlation is not None:
+            props.CorrelationData = correlation
+        self.link.publish(str(reply_to), json.dumps(answer, default=str).encode(), properties=props)
 
     # -- publishing (each runs on the hub thread) ------------------------------------------------
 
@@ -439,14 +576,37 @@ class Hub(LinkWorker):
 
         self._sync(run)
 
-    def place_order(self, store: str, order_id: str, lines: Mapping[str, Decimal], *, status: str = "placed") -> int:
-        """Publish an online pickup order (retained) and the stock it reserves; returns its version."""
+    def place_order(
+        self,
+        store: str,
+        order_id: str,
+        lines: Mapping[str, Decimal] | Sequence[Mapping[str, Any]],
+        *,
+        status: str = "placed",
+        currency: str | None = None,
+        paid_at: str | None = None,
+    ) -> int:
+        """Publish an online order (retained) and the stock it reserves; returns its version.
+
+        ``lines`` maps SKU to quantity, or lists ``pickup-order`` lines; lines with the
+        paid ``total`` (and ``tax``), together with ``currency``, make the order returnable
+        at a till.
+        """
+        if isinstance(lines, Mapping):
+            rows = [{"sku": s, "qty": str(q)} for s, q in lines.items()]
+        else:
+            rows = [{**ln, "qty": str(ln["qty"])} for ln in lines]
 
         def run() -> int:
             row = self.db.execute("SELECT version FROM orders WHERE store = ? AND id = ?", (store, order_id)).fetchone()
             version = (int(row[0]) if row else 0) + 1
-            doc = {"id": order_id, "version": version, "status": status, "time": self._now(),
-                   "lines": [{"sku": s, "qty": str(q)} for s, q in lines.items()]}  # fmt: skip
+            doc: dict[str, Any] = {"id": order_id, "version": version, "status": status, "time": self._now(),
+                                   "lines": rows}  # fmt: skip
+            if currency is not None:
+                doc["currency"] = currency
+            if paid_at is not None:
+                doc["paid_at"] = paid_at
+            validate("pickup-order", doc)
             self.db.execute(
                 "INSERT INTO orders(store, id, version, status, body) VALUES (?, ?, ?, ?, ?) ON CONFLICT(store, id) "
                 "DO UPDATE SET version = excluded.version, status = excluded.status, body = excluded.body",
@@ -454,7 +614,7 @@ class Hub(LinkWorker):
             )
             self.link.publish(store_topic(store, "orders", sku_segment(order_id)), json.dumps(doc).encode(),
                               retain=True)  # fmt: skip
-            for sku in lines:
+            for sku in sorted({r["sku"] for r in rows}):
                 self._publish_stock(store, sku)
             return version
 
@@ -506,6 +666,11 @@ class Hub(LinkWorker):
         if store is None:
             return int(self.query("SELECT count(*) FROM sales")[0][0])
         return int(self.query("SELECT count(*) FROM sales WHERE store = ?", (store,))[0][0])
+
+    def alerts(self, store: str | None = None) -> list[tuple[str, str, str]]:
+        """Alerts the hub raised, oldest first: (code, subject, message)."""
+        rows = self.query("SELECT code, subject, message, store FROM alerts ORDER BY id")
+        return [(str(c), str(s), str(m)) for c, s, m, st in rows if store is None or st == store]
 
     def stock_level(self, store: str, sku: str, channel: str = STORE_CHANNEL) -> Decimal:
         rows = self.query("SELECT level_milli FROM stock WHERE store = ? AND channel = ? AND sku = ?",

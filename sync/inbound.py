@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 ALERT_REJECTED: Final = "sync.inbound_rejected"
 #: Dead letters keep at most this much of a rejected payload.
 KEEP_BYTES: Final = 65536
-#: Config keys the shop may never set remotely.
-PROTECTED_KEYS: Final = ("store.id", "store.device_id", "ledger.path")
+#: Config keys the shop may never set remotely (the ledger's identity, location and currency).
+PROTECTED_KEYS: Final = ("store.id", "store.device_id", "ledger.path", "currency.code")
 
 
 class Rejected(InputError):

@@ -11,17 +11,24 @@ every callback happen there, so the owner's state needs no locks.
   "session": N}``, retained) carries the new session number.
 - :meth:`close` publishes the retained offline status and waits for its PUBACK
   before a clean DISCONNECT (which suppresses the Will).
+- Why the last attempt failed is kept in :attr:`MqttLink.last_error`; a refusal
+  (bad credentials, a certificate the broker or the till does not accept) also sets
+  :attr:`MqttLink.refused`, so health can say "check the credentials" rather than
+  "the network is down". Either way the link keeps retrying with back-off.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
+import math
 import ssl
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -37,6 +44,22 @@ from sync.backoff import Backoff
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
+
+#: CONNACK reason codes that mean "not with these credentials" (MQTT 5 spec, 3.2.2.2).
+_REFUSALS: Final = frozenset({133, 134, 135, 138, 140})  # client id, user/password, not authorized, banned, auth
+
+
+def _tls_problem(why: str) -> bool:
+    """True when a failure text is a TLS handshake or certificate problem."""
+    return "ssl" in why.lower() or "certificate" in why.lower()
+
+
+def _explain(why: str) -> str:
+    """paho's socket error text, made readable where it is cryptic."""
+    why = why.removeprefix("failed to receive on socket: ")
+    if "EOF occurred in violation of protocol" in why:
+        return f"the broker closed the TLS connection; is this till's client certificate accepted there? ({why})"
+    return why
 
 
 @dataclass(frozen=True)
@@ -145,6 +168,10 @@ class MqttLink:
         self.broker: Broker | None = None
         self.receive_maximum = settings.inflight
         self._was_up = False
+        self.last_error: str | None = None
+        self.refused = False
+        self._log_error: str | None = None
+        self._newest: mqtt.Client | None = None
 
     @property
     def connected(self) -> bool:
@@ -171,6 +198,8 @@ class MqttLink:
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
         client.on_publish = self._handle_publish
+        client.on_log = self._handle_log
+        self._newest = client
         return client
 
     def _configure_tls(self, client: mqtt.Client) -> None:
@@ -191,25 +220,40 @@ class MqttLink:
         broker = self.settings.brokers[self._broker_index]
         self.session = self._next_session()
         client = self._new_client(self.session)
+        self._log_error = None
         if broker.tls:
             self._configure_tls(client)
         props = _props(PacketTypes.CONNECT, SessionExpiryInterval=self.settings.session_expiry)
-        try:
-            client.connect(broker.host, broker.port, self.settings.keepalive, clean_start=False, properties=props)
-        except (OSError, ValueError) as exc:
+        why: str | None = None
+        refused = False
+        with warnings.catch_warnings():
+            # paho drops the socket of a failed TLS handshake without closing it; it is collected here
+            warnings.simplefilter("ignore", ResourceWarning)
+            try:
+                client.connect(broker.host, broker.port, self.settings.keepalive, clean_start=False,
+                               properties=props)  # fmt: skip
+            except (OSError, ValueError) as exc:
+                why = str(exc) or type(exc).__name__
+                refused = isinstance(exc, ssl.SSLError) or _tls_problem(why)
+            if why is not None and broker.tls:
+                gc.collect()
+        if why is not None:
             client.disconnect()
-            self._failed(broker, str(exc) or type(exc).__name__)
+            self._failed(broker, why, refused=refused)
             return
         self._client = client
         self.broker = broker
         self._connecting_since = self.clock.monotonic()
 
-    def _failed(self, broker: Broker, why: str) -> None:
-        if self._was_up or self.backoff.failures == 0:
-            log.warning("MQTT broker %s unreachable: %s", broker, why)
+    def _failed(self, broker: Broker, why: str, *, refused: bool = False) -> None:
+        error = f"{broker}: {why}"
+        if self._was_up or self.backoff.failures == 0 or (refused and error != self.last_error):
+            log.warning("MQTT broker %s %s: %s", broker, "refused this client" if refused else "unreachable", why)
             self._was_up = False
         else:
             log.debug("MQTT broker %s unreachable: %s", broker, why)
+        self.last_error = error
+        self.refused = refused
         self._drop_client()
         self._broker_index += 1
         if self._broker_index >= len(self.settings.brokers):
@@ -232,12 +276,15 @@ class MqttLink:
     ) -> None:
         if rc.is_failure:
             broker = self.broker or self.settings.brokers[self._broker_index]
-            self._failed(broker, f"connection refused: {rc}")
+            self._failed(broker, f"connection refused: {rc}", refused=rc.value in _REFUSALS)
             return
         self._connected = True
         self._connecting_since = None
         self.backoff.reset()
         self._was_up = True
+        self.last_error = None
+        self.refused = False
+        client.on_log = None  # only needed to explain failed attempts; formatting every packet costs throughput
         receive_max = getattr(props, "ReceiveMaximum", None) if props is not None else None
         self.receive_maximum = min(self.settings.inflight, int(receive_max or 65535))
         log.info("MQTT connected to %s (session %d)", self.broker, self.session)
@@ -257,10 +304,15 @@ class MqttLink:
             self._next_attempt = self.clock.monotonic() + self.backoff.next_delay()
             self._on_disconnect()
         else:
-            self._failed(self.broker or self.settings.brokers[0], f"disconnected before CONNACK: {rc}")
+            why = self._log_error or f"disconnected before CONNACK: {rc}"
+            self._failed(self.broker or self.settings.brokers[0], why, refused=_tls_problem(why))
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         self._on_message(message)
+
+    def _handle_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR and client is self._newest and not self._connected and not self._log_error:
+            self._log_error = _explain(text)
 
     def _handle_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode, props: Properties | None
@@ -287,6 +339,7 @@ class MqttLink:
             rc = client.loop(timeout)
         except (OSError, ValueError) as exc:  # the socket died under paho
             log.debug("MQTT loop failed: %s", exc)
+            self._log_error = self._log_error or str(exc) or type(exc).__name__
             rc = MQTTErrorCode.MQTT_ERR_CONN_LOST
         if self._client is client and rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
             self._handle_disconnect(client, None, None, ReasonCode(PacketTypes.DISCONNECT, "Unspecified error"),
@@ -296,6 +349,13 @@ class MqttLink:
             and self.clock.monotonic() - self._connecting_since > self.settings.connect_timeout
         ):
             self._failed(self.broker or self.settings.brokers[0], "no CONNACK in time")
+
+    def status(self) -> dict[str, Any]:
+        """Connection state for health pages: connected, broker, last error, refused, failures, next try."""
+        retry = max(0, math.ceil(self._next_attempt - self.clock.monotonic())) if self._client is None else 0
+        return {"connected": self._connected, "broker": str(self.broker) if self.broker else None,
+                "last_error": self.last_error, "refused": self.refused, "failures": self.backoff.failures,
+                "retry_in_s": retry}  # fmt: skip
 
     def publish(
         self,

@@ -89,6 +89,51 @@ _SALE = {
 
 _MOVE = _obj({"sku": _SKU, "delta": _QTY, "level": _QTY}, ["sku", "delta", "level"])
 
+_REFERENCE = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[\x21-\x7e]+$",
+              "description": "A receipt reference (TB-<device>-<number>), sale id or online order id."}  # fmt: skip
+_POS_QTY = {**_QTY, "pattern": r"^[0-9]{1,12}(\.[0-9]{1,3})?$"}
+_TAX_RATES = {"type": "object", "maxProperties": 16, "propertyNames": {"maxLength": 32},
+              "additionalProperties": {**_MINOR, "minimum": 0}}  # fmt: skip
+
+_RETURNABLE_LINE = {
+    "type": "object",
+    "required": ["line", "sku", "name", "qty", "unit", "total", "tax", "tax_class", "voided"],
+    "properties": {
+        "line": {"type": "integer", "minimum": 1}, "sku": _SKU, "name": _TEXT, "qty": _POS_QTY,
+        "unit": {"enum": ["each", "kg"]}, "unit_price": _MINOR, "amount": _MINOR, "discount": _MINOR,
+        "total": {**_MINOR, "minimum": 0}, "tax": {**_MINOR, "minimum": 0},
+        "tax_class": {"type": "string", "minLength": 1, "maxLength": 64}, "tax_rates": _TAX_RATES,
+        "voided": {"type": "boolean"},
+    },
+}  # fmt: skip
+
+#: A sale as a till needs it to take a return: a till's sale.completed data, or an online order.
+_RETURNABLE = {
+    "type": "object",
+    "required": ["id", "currency", "completed_at", "lines", "tenders", "total"],
+    "properties": {
+        "id": {"type": "string", "minLength": 1, "maxLength": 64},
+        "number": {"type": ["integer", "null"], "minimum": 1},
+        "store": _SLUG, "device": _SLUG, "channel": {"enum": ["till", "online"]},
+        "currency": {"type": "string", "pattern": "^[A-Z]{3}$"}, "completed_at": _TIME,
+        "lines": {"type": "array", "items": _RETURNABLE_LINE, "minItems": 1, "maxItems": 5000},
+        "tenders": {"type": "array", "maxItems": 32, "items": {
+            "type": "object", "required": ["kind", "amount"],
+            "properties": {"kind": {"type": "string", "maxLength": 32}, "amount": _MINOR,
+                           "reference": {"type": ["string", "null"], "maxLength": 128}},
+        }},
+        "total": _MINOR, "tax": _MINOR,
+    },
+}  # fmt: skip
+
+_ORDER_LINE = _obj(
+    {"sku": _SKU, "qty": _QTY, "name": _TEXT, "unit": {"enum": ["each", "kg"]}, "unit_price": {**_MINOR, "minimum": 0},
+     "total": {**_MINOR, "minimum": 0, "description": "Paid for the line, tax included (minor units)."},
+     "tax": {**_MINOR, "minimum": 0}, "tax_class": {"type": "string", "minLength": 1, "maxLength": 64},
+     "tax_rates": _TAX_RATES},
+    ["sku", "qty"],
+)  # fmt: skip
+
 #: Event type -> schema of its ``data``.
 EVENT_DATA: Final[dict[str, dict[str, Any]]] = {
     "tillbox.sale.completed": _SALE,
@@ -114,6 +159,18 @@ EVENT_DATA: Final[dict[str, dict[str, Any]]] = {
     "tillbox.reconcile.requested": _obj(
         {"journal_seq": _SEQ, "time": _TIME}, ["journal_seq"]
     ),
+    "tillbox.return.completed": {
+        "type": "object", "required": ["id", "original_sale_id", "lines", "total"],
+        "properties": {
+            "id": _UUID, "original_sale_id": {"type": ["string", "null"], "maxLength": 64},
+            "original_device": {"type": ["string", "null"]}, "total": _MINOR, "tax": _MINOR,
+            "lines": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["line", "sku", "qty", "amount", "tax"],
+                "properties": {"line": {"type": ["integer", "null"]}, "sku": _SKU, "qty": _POS_QTY, "amount": _MINOR,
+                               "tax": _MINOR},
+            }},
+        },
+    },
     "tillbox.catalog.snapshot_requested": _obj(
         {"have_version": _SEQ, "wanted_version": _SEQ, "reason": _TEXT}, ["have_version"]
     ),
@@ -164,6 +221,10 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             "config_version": _SEQ,
             "health": {"type": "object", "additionalProperties": {"enum": ["ok", "degraded", "unavailable"]}},
             "alerts": {"type": "array", "items": {"type": "string"}},
+            "link": _obj({"connected": {"type": "boolean"}, "broker": {"type": ["string", "null"]},
+                          "last_error": {"type": ["string", "null"], "maxLength": 1000},
+                          "refused": {"type": "boolean"}, "failures": _SEQ, "retry_in_s": _SEQ},
+                         ["connected", "last_error", "refused"]),
         },
         ["time", "session", "versions", "backlog", "last_seq", "last_acked_seq", "health", "alerts"],
     )),
@@ -186,7 +247,7 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
                     "additionalProperties": {"type": ["string", "integer", "boolean", "array"]}}},
         ["version", "values"])),
     "config-reported": _doc("config-reported", "What the device did with the desired configuration.", _obj(
-        {"version": _SEQ, "status": {"enum": ["accepted", "rejected"]},
+        {"version": _SEQ, "status": {"enum": ["accepted", "rejected", "applied"]},
          "errors": {"type": "array", "items": {"type": "string"}}, "values": {"type": "object"}, "time": _TIME},
         ["version", "status"])),
     "catalog-snapshot": _doc("catalog-snapshot", "The whole catalog at a version (retained).", _obj(
@@ -215,9 +276,24 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         {"id": {"type": "string", "minLength": 1, "maxLength": 64}, "version": _VERSION,
          "status": {"enum": ["placed", "ready", "collected", "cancelled"]}, "time": _TIME,
          "customer": {"type": "string", "maxLength": 200},
-         "lines": {"type": "array", "minItems": 1, "maxItems": 500,
-                   "items": _obj({"sku": _SKU, "qty": _QTY}, ["sku", "qty"])}},
+         "currency": {"type": "string", "pattern": "^[A-Z]{3}$"}, "paid_at": _TIME,
+         "lines": {"type": "array", "minItems": 1, "maxItems": 500, "items": _ORDER_LINE}},
         ["id", "version", "status", "lines"])),
+    "sale-lookup": _doc("sale-lookup", "A till asks the shop for a sale it does not have (for a return); MQTT 5 "
+                        "ResponseTopic and CorrelationData.", _obj(
+        {"reference": _REFERENCE, "issued_at": _TIME}, ["reference"])),
+    "sale-lookup-response": _doc("sale-lookup-response", "The shop's answer to a sale lookup, with what other "
+                                 "devices have already refunded of each line.", _obj(
+        {"reference": _REFERENCE, "found": {"type": "boolean"}, "sale": _RETURNABLE,
+         "refunded": {"type": "array", "maxItems": 5000, "items": _obj(
+             {"line": {"type": "integer", "minimum": 1}, "qty": _POS_QTY, "amount": _MINOR, "tax": _MINOR},
+             ["line", "qty", "amount", "tax"])},
+         "reason": {"enum": ["unknown", "not_returnable"], "description": "Why found is false."},
+         "error": {"type": "string", "maxLength": 200}, "time": _TIME},
+        ["reference", "found"],
+        allOf=[{"if": {"properties": {"found": {"const": True}}}, "then": {"required": ["sale"]},
+                "else": {"not": {"required": ["sale"]}}}],
+    )),
 }  # fmt: skip
 
 

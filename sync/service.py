@@ -4,15 +4,20 @@ Everything runs on the service's own thread: paho callbacks, ledger writes
 (through the service's own :class:`~appliance.ledger.Ledger` connection), health
 checks. Other threads talk to it only through :meth:`SyncService.call`. No sale
 path ever waits on it: sales are committed to the ledger first and the relay
-picks them up from the outbox.
+picks them up from the outbox. The one request that waits for the shop is
+:meth:`SyncService.lookup_sale` (a return of a sale this till does not have), and
+it gives up quickly when the shop cannot answer.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
+import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -24,13 +29,15 @@ from appliance import __version__
 from appliance.alerts import active_alerts, clear_alert, raise_alert
 from appliance.clock import Clock, SystemClock, iso_utc
 from appliance.config import Config
-from appliance.errors import ConfigError, InputError, TillboxError
+from appliance.errors import ConfigError, DeviceUnavailable, InputError, NotFound, SaleError, TillboxError
 from appliance.ledger import Ledger
 from sync import reconcile
-from sync.contract import device_topic
+from sync.contract import HUB_PREFIX, device_topic
 from sync.inbound import Inbound, InboundPolicy, Rejected, doc_version
 from sync.link import LinkSettings, MqttLink, message_properties, read_password
+from sync.lookup import store_answer
 from sync.relay import OutboxRelay
+from sync.schemas import validate
 from sync.worker import LinkWorker
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,9 @@ CommandHandler = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 
 ALERT_BACKLOG: Final = "sync.backlog_old"
 ALERT_ACK: Final = "sync.ack_invalid"
+ALERT_REFUSED: Final = "sync.link_refused"
+#: The reference hub's retained online/offline status; a till fails lookups fast while it says offline.
+HUB_STATUS: Final = f"{HUB_PREFIX}/status"
 COMMANDS: Final = ("open_drawer", "reprint", "refresh", "reconcile")
 
 
@@ -56,6 +66,16 @@ class SyncOptions:
     prune_interval: float = 3600.0
     reconcile_interval: float | None = 3600.0
     response_expiry: int = 60
+    lookup_timeout: float = 3.0
+
+
+@dataclass
+class _Lookup:
+    """A sale lookup waiting for the shop's answer."""
+
+    reference: str
+    future: Future[dict[str, Any]]
+    forget_at: float
 
 
 def settings_from_config(config: Config, data_dir: Path, brokers: tuple[str, ...] = ()) -> LinkSettings:
@@ -99,6 +119,7 @@ class SyncService(LinkWorker):
         commands: Mapping[str, CommandHandler] | None = None,
         on_change: Callable[[str], None] = lambda kind: None,
         health: Callable[[], Mapping[str, str]] = dict,
+        config_report: Mapping[str, Any] | None = None,
     ) -> None:
         self.options = options or SyncOptions()
         self.clock = clock or SystemClock()
@@ -108,6 +129,9 @@ class SyncService(LinkWorker):
             self._commands = dict(commands or {})
             self._on_change = on_change
             self._health = health
+            self._config_report = dict(config_report) if config_report is not None else None
+            self._lookups: dict[bytes, _Lookup] = {}
+            self.hub_online: bool | None = None  # None: the shop does not say
             self._init_worker()
             link = replace(link, inflight=min(link.inflight, self.options.window))
             self.link = MqttLink(
@@ -179,6 +203,7 @@ class SyncService(LinkWorker):
             self.link.close(final=self._status(False))
         finally:
             self._run_calls()
+            self._forget_lookups(everything=True)
 
     def close(self) -> None:
         """Stop the loop, wait for it, close the ledger; idempotent."""
@@ -211,10 +236,15 @@ class SyncService(LinkWorker):
 
     def _connected(self, session: int) -> None:
         topics = [(t, 1) for t in self.inbound.topics()]
-        topics += [(self._topic("res", "ack"), 1), (self._topic("res", "reconcile"), 1), (self._topic("cmd", "+"), 1)]
+        topics += [(self._topic("res", "ack"), 1), (self._topic("res", "reconcile"), 1), (self._topic("cmd", "+"), 1),
+                   (self._topic("res", "sale"), 1), (HUB_STATUS, 1)]  # fmt: skip
         self.link.subscribe(topics)
         topic, body = self._status(True)
         self.link.publish(topic, body, retain=True)
+        clear_alert(self.ledger, ALERT_REFUSED, time=self._now(), note=f"connected to {self.link.broker}")
+        if self._config_report is not None:
+            self._report_config(self._config_report)
+            self._config_report = None
         self._last_state = None
         self.publish_state()
         self.relay.connected()
@@ -249,6 +279,13 @@ class SyncService(LinkWorker):
                 self.reconcile_results.append(result)
         elif topic.startswith(self._topic("cmd", "")):
             self._command(msg)
+        elif topic == self._topic("res", "sale"):
+            self._lookup_answer(msg)
+        elif topic == HUB_STATUS:
+            try:
+                self.hub_online = bool(self.inbound.parse(topic, payload, "status")["online"]) if payload else None
+            except Rejected as exc:
+                self.inbound.reject(topic, payload, str(exc))
         else:
             self.inbound.handle(topic, payload)
 
@@ -298,6 +335,82 @@ class SyncService(LinkWorker):
             raise InputError(f"{name} is not available on this device")
         return handler(args)
 
+    # -- sale lookups (returns of sales this till does not have) ---------------------------------
+
+    def lookup_sale(self, reference: str, timeout: float | None = None) -> dict[str, Any]:
+        """Ask the shop for a sale (another till's, or an online order); store it in ``remote_sales``.
+
+        Call from any thread but the service's. Returns the stored sale. Raises
+        :class:`NotFound` when the shop does not know it, :class:`SaleError` when it
+        cannot be returned (a cancelled or unpaid order), :class:`DeviceUnavailable`
+        when the shop cannot be asked (offline, hub down) or does not answer within
+        ``timeout`` (default ``options.lookup_timeout``), and :class:`InputError` when
+        the answer was invalid (it is dead-lettered).
+        """
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("lookup_sale waits for the service thread; call it from another thread")
+        wait = self.options.lookup_timeout if timeout is None else timeout
+        validate("sale-lookup", {"reference": reference})
+        if not self.link.connected:
+            raise DeviceUnavailable("the shop is not reachable: this till is offline")
+        if self.hub_online is False:
+            raise DeviceUnavailable("the shop is not reachable: its hub is offline")
+        fut: Future[dict[str, Any]] = Future()
+        self.call(lambda: self._send_lookup(reference, fut, wait))
+        try:
+            return fut.result(wait)
+        except TimeoutError:
+            raise DeviceUnavailable(f"the shop did not answer within {wait:g} s") from None
+
+    def _send_lookup(self, reference: str, fut: Future[dict[str, Any]], wait: float) -> None:
+        correlation = uuid.uuid4().bytes
+        expiry = max(1, math.ceil(wait))
+        props = message_properties(ResponseTopic=self._topic("res", "sale"), CorrelationData=correlation,
+                                   MessageExpiryInterval=expiry, ContentType="application/json")  # fmt: skip
+        body = json.dumps({"reference": reference, "issued_at": self._now()}).encode()
+        if self.link.publish(self._topic("req", "sale"), body, qos=1, properties=props) is None:
+            fut.set_exception(DeviceUnavailable("the shop is not reachable: this till is offline"))
+            return
+        # a late answer is still stored (the next attempt finds it), until twice the expiry
+        self._lookups[correlation] = _Lookup(reference, fut, self.clock.monotonic() + 2 * expiry)
+
+    def _lookup_answer(self, msg: mqtt.MQTTMessage) -> None:
+        topic, payload = msg.topic, bytes(msg.payload)
+        correlation = getattr(msg.properties, "CorrelationData", None)
+        pending = self._lookups.pop(bytes(correlation), None) if correlation else None
+        if pending is None:
+            log.debug("answer to an unknown or expired sale lookup ignored")
+            return
+        outcome: dict[str, Any] | TillboxError
+        try:
+            answer = self.inbound.parse(topic, payload, "sale-lookup-response")
+            if answer["reference"] != pending.reference:
+                raise Rejected(f"answer for {answer['reference']!r} to a lookup of {pending.reference!r}")
+            if answer["found"]:
+                outcome = store_answer(self.ledger, answer, reference=pending.reference,
+                                       currency=self.inbound.policy.currency.code, store=self.store,
+                                       now=self._now())  # fmt: skip
+            elif answer.get("reason") == "not_returnable":
+                outcome = SaleError(f"receipt {pending.reference} cannot be returned: {answer.get('error', '')}")
+            else:
+                outcome = NotFound(str(answer.get("error") or f"the shop has no sale {pending.reference}"))
+        except Rejected as exc:
+            self.inbound.reject(topic, payload, str(exc))
+            outcome = InputError(f"the shop's answer about {pending.reference} was invalid: {exc}")
+        if not pending.future.done():
+            if isinstance(outcome, TillboxError):
+                pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(outcome)
+
+    def _forget_lookups(self, *, everything: bool = False) -> None:
+        now = self.clock.monotonic()
+        for correlation, pending in list(self._lookups.items()):
+            if everything or now >= pending.forget_at:
+                del self._lookups[correlation]
+                if not pending.future.done():
+                    pending.future.set_exception(DeviceUnavailable("the shop did not answer"))
+
     def _report_config(self, doc: dict[str, Any]) -> None:
         self.link.publish(self._topic("cfg", "reported"), json.dumps(doc).encode(), retain=True)
 
@@ -317,6 +430,8 @@ class SyncService(LinkWorker):
         if now >= self._next_health:
             self._next_health = now + self.options.health_interval
             self.check_backlog()
+            self.check_link()
+            self._forget_lookups()
             self.publish_state()
         if now >= self._next_prune:
             self._next_prune = now + self.options.prune_interval
@@ -337,6 +452,12 @@ class SyncService(LinkWorker):
             clear_alert(self.ledger, ALERT_BACKLOG, time=self._now(), note=f"backlog {size}, oldest {age} s")
         return size, age
 
+    def check_link(self) -> None:
+        """Raise ``sync.link_refused`` while the broker refuses this till's credentials or certificate."""
+        if self.link.refused and self.link.last_error:
+            raise_alert(self.ledger, ALERT_REFUSED, f"the shop's broker refused this till: {self.link.last_error}",
+                        time=self._now(), severity="critical")  # fmt: skip
+
     def prune(self) -> int:
         """Delete acknowledged events older than the retention period."""
         cutoff = iso_utc(self.clock.now() - timedelta(days=self.options.retention_days))
@@ -345,7 +466,8 @@ class SyncService(LinkWorker):
     def state(self) -> dict[str, Any]:
         """The retained device state document."""
         size, age = self.relay.backlog()
-        health = {"sync": "ok" if self.link.connected else "degraded", **self._health()}
+        link = "ok" if self.link.connected else "unavailable" if self.link.refused else "degraded"
+        health = {"sync": link, **self._health()}
         return {
             "time": self._now(),
             "session": max(1, self.link.session),
@@ -358,6 +480,7 @@ class SyncService(LinkWorker):
             "config_version": doc_version(self.ledger, "config"),
             "health": health,
             "alerts": [a.code for a in active_alerts(self.ledger)],
+            "link": self.link.status(),
         }
 
     def publish_state(self) -> dict[str, Any]:
