@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from appliance.catalog import Catalog
 from appliance.clock import iso_utc
-from appliance.errors import DeviceUnavailable, InputError, NotFound, SaleError, TenderError
+from appliance.errors import DeviceUnavailable, InputError, NotFound, SaleError
 from appliance.ids import uuid7
 from appliance.ledger import Ledger, NewEvent, Tx
 from appliance.money import Currency
@@ -232,15 +232,26 @@ class Returns:
         if due <= 0:
             return refunds
         if policy == "store_credit":
-            raise TenderError("store credit refunds need a stored-value provider (not configured)")
+            from appliance.stored_value import new_account
+
+            account = new_account(TenderKind.STORE_CREDIT)
+            return [{"kind": "store_credit", "amount": due, "reference": account}]
         if policy == "original" and plan.original is not None:
             prior = self._card_refunded(plan.original["id"])
             for t in plan.original["tenders"]:
-                if due <= 0 or t["kind"] != TenderKind.CARD or terminal is None:
+                kind = t["kind"]
+                if due <= 0 or kind not in (TenderKind.CARD, TenderKind.STORE_CREDIT, TenderKind.GIFT_CARD):
                     continue
                 room = t["amount"] - prior.get(t.get("reference") or "", 0)
                 part = min(room, due)
                 if part <= 0:
+                    continue
+                if kind != TenderKind.CARD:  # back onto the same store credit or gift card account
+                    refunds.append({"kind": kind, "amount": part, "reference": t.get("reference"),
+                                    "original_reference": t.get("reference")})  # fmt: skip
+                    due -= part
+                    continue
+                if terminal is None:
                     continue
                 result = terminal.refund(part, self.currency.code, t.get("reference") or plan.id)
                 if not result.approved:
@@ -260,7 +271,7 @@ class Returns:
         )
         for (payload,) in rows:
             for t in json.loads(payload)["refunds"]:
-                if t["kind"] == "card" and t.get("original_reference"):
+                if t["kind"] in ("card", "store_credit", "gift_card") and t.get("original_reference"):
                     out[t["original_reference"]] = out.get(t["original_reference"], 0) + t["amount"]
         return out
 
@@ -362,6 +373,12 @@ def write_return(tx: Tx, doc: dict[str, Any]) -> int:
                 "ON CONFLICT(sku) DO UPDATE SET level_milli = level_milli + excluded.level_milli",
                 (ln["sku"], int(qty * 1000)),
             )
+    for r in doc["refunds"]:
+        if r["kind"] in ("store_credit", "gift_card"):  # credited in the same transaction as the return
+            from appliance.stored_value import move
+
+            move(tx, r["kind"], str(r["reference"]), int(r["amount"]), time=time, reason="return", ref=doc["id"],
+                 journal_seq=entry.seq, currency=doc["currency"])  # fmt: skip
     tx.emit(NewEvent("tillbox.return.completed", doc, subject=doc["id"]), time=time, journal_seq=entry.seq)
     if moves:
         tx.emit(NewEvent("tillbox.stock.moved", {"reason": "return", "return_id": doc["id"], "moves": moves}),

@@ -167,12 +167,33 @@ class Till:
         detail = {k: v for k, v in (("approval_code", result.approval_code), ("scheme", result.scheme)) if v}
         return sale.pay_electronic(TenderKind.CARD, result.amount, result.reference, detail)
 
+    def pay_stored_value(self, sale: Sale, account: str, amount: int | None = None) -> Tender:
+        """Pay with store credit or a gift card; the balance is debited when the sale commits."""
+        from appliance.stored_value import StoredValue
+
+        balance = StoredValue(self.ledger, self.currency.code).get(account)
+        if balance.currency != self.currency.code:
+            raise TenderError(f"{balance.account} holds {balance.currency}, not {self.currency.code}")
+        due = sale.totals().due
+        already = sum(t.amount for t in sale.tenders if t.reference == balance.account)
+        available = balance.balance - already
+        if available <= 0:
+            raise TenderError(f"{balance.account} has no balance left")
+        amount = min(due, available) if amount is None else amount
+        if amount > available:
+            raise TenderError(f"{balance.account} has only {self.currency.plain(available)}")
+        return sale.pay_electronic(TenderKind(balance.kind), amount, balance.account)
+
     def complete(self, sale: Sale) -> Completed:
         """Complete and durably commit a sale (one transaction); needs an open shift."""
         shift = self.shifts.require_open()
         sale.shift_id = shift.id
         doc = sale.complete(self.clock.now())
-        committed = self.ledger.commit_sale(doc)
+        try:
+            committed = self.ledger.commit_sale(doc)
+        except TillboxError:
+            sale.state, sale.completed_at = "open", None  # nothing was written: the sale can be fixed and retried
+            raise
         doc = {**doc, "number": committed.number, "store": self.ledger.store_id, "device": self.ledger.device_id}
         log.debug("sale %d committed at journal %d", committed.number, committed.journal.seq)
         return Completed(committed, doc)

@@ -321,5 +321,19 @@ def _v3(conn: sqlite3.Connection) -> None:
 
 
 #: Migration n brings the schema from version n-1 to n. Append, never edit.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3)
+def _v4(conn: sqlite3.Connection) -> None:
+    """Stored value: store credit and gift card balances, moved only by journaled entries."""
+    db = sqlite_utils.Database(conn)
+    db.table("stored_value").create(
+        {"account": str, "kind": str, "balance": int, "currency": str, "updated_at": str},
+        pk="account",
+        not_null={"kind", "balance", "currency", "updated_at"},
+    )
+    conn.execute(
+        "CREATE TRIGGER stored_value_not_negative BEFORE UPDATE OF balance ON stored_value WHEN NEW.balance < 0 "
+        "BEGIN SELECT RAISE(ABORT, 'stored value balance cannot go below zero'); END"
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4)
 LATEST_VERSION = len(MIGRATIONS)

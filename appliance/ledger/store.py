@@ -189,6 +189,12 @@ class Tx:
             "INSERT INTO sale_tenders(sale_id, idx, kind, amount, reference) VALUES (?, ?, ?, ?, ?)",
             [(record["id"], i, t["kind"], t["amount"], t.get("reference")) for i, t in enumerate(record["tenders"], 1)],
         )
+        for t in record["tenders"]:
+            if t["kind"] in ("store_credit", "gift_card"):  # redeemed in the same transaction as the sale
+                from appliance.stored_value import move
+
+                move(self, t["kind"], str(t.get("reference") or ""), -int(t["amount"]), time=time, reason="sale",
+                     ref=str(record["id"]), journal_seq=entry.seq, currency=str(record["currency"]))  # fmt: skip
         moves: dict[str, Decimal] = {}
         for ln in lines:
             if not ln["voided"]:
