@@ -1,0 +1,406 @@
+"""The image recipe: generated files, partition layout, the lock, and small real filesystems (no full build)."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from appliance.errors import ConfigError
+from image import build, qemu, recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+MIB = recipe.MIB
+
+
+def _unit(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(ROOT / "systemd" / name)
+    return parser
+
+
+def _fstab_rows(text: str) -> dict[str, list[str]]:
+    rows = [line.split() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return {r[1]: r for r in rows}
+
+
+# -- generated files ------------------------------------------------------------------------------
+
+
+def test_fstab_mounts_root_read_only_and_the_data_partition_at_the_state_directory() -> None:
+    rows = _fstab_rows(recipe.fstab(0x12345678))
+    assert all(len(r) == 6 for r in rows.values())
+    root, boot, data = rows["/"], rows["/boot/firmware"], rows["/var/lib/tillbox"]
+    assert root[0] == "PARTUUID=12345678-02" and root[2] == "ext4"
+    assert "ro" in root[3].split(",") and "rw" not in root[3].split(",")
+    assert boot[0] == "PARTUUID=12345678-01" and boot[2] == "vfat"
+    assert "umask=0077" in boot[3].split(","), "the provisioning token on FAT must be readable by root only"
+    assert data[0] == "PARTUUID=12345678-03" and data[2] == "ext4" and "rw" in data[3].split(",")
+    assert data[5] == "2", "the data partition is checked at boot"
+    # the daemon's StateDirectory is the data partition: the unit and the fstab agree
+    assert _unit("tillbox.service")["Service"]["StateDirectory"] == "tillbox"
+    # everything else that must be writable on a read-only root is on tmpfs
+    for path in ("/tmp", "/var/tmp", "/var/log", "/var/lib/systemd"):
+        assert rows[path][2] == "tmpfs", path
+    # LogsDirectory=tillbox needs a writable /var/log
+    assert _unit("tillbox.service")["Service"]["LogsDirectory"] == "tillbox"
+
+
+def test_journald_is_volatile_and_size_capped() -> None:
+    conf = configparser.ConfigParser()
+    conf.read_string(recipe.journald_dropin())
+    journal = conf["Journal"]
+    assert journal["Storage"] == "volatile"
+
+    def mib(value: str) -> int:
+        number, unit = re.fullmatch(r"(\d+)([KMG])", value).groups()  # type: ignore[union-attr]
+        return int(number) * {"K": 1, "M": 1024, "G": 1024 * 1024}[unit] // 1024
+
+    assert 0 < mib(journal["RuntimeMaxUse"]) <= 64
+    assert mib(journal["RuntimeMaxFileSize"]) <= mib(journal["RuntimeMaxUse"])
+
+
+@pytest.mark.parametrize(("arch", "last_console"), [("arm64", "tty1"), ("amd64", "ttyS0,115200")])
+def test_kernel_command_line(arch: str, last_console: str) -> None:
+    line = recipe.cmdline(arch, 0xABCDEF01)
+    assert line.endswith("\n") and line.count("\n") == 1, "cmdline.txt must be one line"
+    args = line.split()
+    assert "root=PARTUUID=abcdef01-02" in args and "ro" in args and "rootwait" in args
+    consoles = [a.removeprefix("console=") for a in args if a.startswith("console=")]
+    assert consoles[-1] == last_console, "the last console= is /dev/console (screen on the Pi, serial in QEMU)"
+    assert recipe.cmdline(arch, 1, extra=("tillbox.lab=1",)).split()[-1] == "tillbox.lab=1"
+
+
+def test_config_txt_boots_the_debian_kernel_in_64_bit() -> None:
+    text = recipe.config_txt("vmlinuz-6.1.0-9-arm64", "initrd.img-6.1.0-9-arm64")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    assert "arm_64bit=1" in lines and "upstream_kernel=1" in lines
+    assert "kernel=vmlinuz-6.1.0-9-arm64" in lines
+    assert "initramfs initrd.img-6.1.0-9-arm64 followkernel" in lines
+    assert lines[-1] == "[all]", "board sections must not leak into settings appended later"
+
+
+def test_boot_partition_files_per_architecture() -> None:
+    pi = recipe.boot_files("arm64", "vmlinuz-x", "initrd.img-x")
+    assert {"config.txt", "cmdline.txt", "README.txt"} <= set(pi)
+    assert pi["cmdline.txt"].content == recipe.cmdline("arm64")
+    assert "kernel=vmlinuz-x" in pi["config.txt"].content
+    pc = recipe.boot_files("amd64", "vmlinuz-x", "initrd.img-x")
+    assert "config.txt" not in pc and "cmdline.txt" not in pc
+
+
+def _sysusers() -> tuple[dict[str, int | None], dict[str, set[str]], dict[str, int]]:
+    users: dict[str, int | None] = {}
+    groups: dict[str, int] = {}
+    members: dict[str, set[str]] = {}
+    for line in recipe.sysusers().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        kind, name, rest = line.split(None, 2)
+        ident = rest.split()[0]
+        if kind == "u":
+            users[name] = int(ident)
+        elif kind == "g":
+            groups[name] = int(ident)
+        elif kind == "m":
+            members.setdefault(name, set()).add(ident)
+    return users, members, groups
+
+
+#: Groups every Debian root has (base-passwd, or systemd's basic.conf).
+DEBIAN_GROUPS = {"input", "dialout", "plugdev", "video", "render", "audio", "tty"}
+
+
+def test_users_have_the_groups_their_units_ask_for() -> None:
+    users, members, groups = _sysusers()
+    assert users == {"tillbox": recipe.TILLBOX_UID, "kiosk": recipe.KIOSK_UID}
+    for unit, user in (("tillbox.service", "tillbox"), ("tillbox-kiosk.service", "kiosk")):
+        service = _unit(unit)["Service"]
+        assert service["User"] == user
+        wanted = set(service["SupplementaryGroups"].split())
+        assert wanted <= members[user], f"{unit}: {user} lacks {wanted - members[user]}"
+        for group in wanted:
+            assert group in groups or group in DEBIAN_GROUPS, f"nothing creates group {group}"
+    assert "gpio" in groups, "Debian has no gpio group; the image creates it"
+    assert len({*users.values(), *groups.values()}) == 3, "fixed ids must not collide"
+
+
+def test_root_files_cover_the_appliance_settings() -> None:
+    files = recipe.root_files("arm64", "1.2.3")
+    assert files["/etc/fstab"].content == recipe.fstab()
+    assert files["/etc/systemd/journald.conf.d/tillbox.conf"].content == recipe.journald_dropin()
+    assert files["/usr/lib/sysusers.d/tillbox.conf"].content == recipe.sysusers()
+    assert files["/etc/machine-id"].content == "", "an empty machine-id: a new one per boot on the read-only root"
+    assert "TILLBOX_VERSION=1.2.3" in files["/etc/tillbox/image-release"].content
+    wait = files["/etc/systemd/system/systemd-networkd-wait-online.service.d/tillbox.conf"].content
+    assert "--any" in wait, "boot must not wait for every link (a Pi may have only Wi-Fi)"
+    assert all(path.startswith("/") for path in files)
+
+
+def test_enabled_units_exist() -> None:
+    ours = {p.name for p in (ROOT / "systemd").iterdir()} | {p.name for p in (ROOT / "image" / "units").iterdir()}
+    for unit in recipe.ENABLE:
+        assert unit in ours or unit.startswith("systemd-"), unit
+    assert {"tillbox.service", "tillbox-provision.service", "tillbox-kiosk.service"} <= set(recipe.ENABLE)
+    assert not set(recipe.ENABLE) & set(recipe.MASK)
+
+
+def test_lab_access_is_off_unless_the_kernel_command_line_asks() -> None:
+    sock = configparser.ConfigParser(strict=False)
+    sock.read(ROOT / "image" / "units" / "tillbox-lab-http.socket")
+    assert sock["Unit"]["ConditionKernelCommandLine"] == "tillbox.lab=1"
+    assert sock["Socket"]["ListenStream"] == str(qemu.LAB_PORT)
+    assert "tillbox.lab=1" not in recipe.cmdline("arm64")
+
+
+def test_install_units_copies_units_and_rules(tmp_path: Path) -> None:
+    installed = build.install_units(tmp_path)
+    assert "tillbox.service" in installed and "tillbox-lab-http.socket" in installed
+    unit = tmp_path / "usr/lib/systemd/system/tillbox.service"
+    assert unit.read_text() == (ROOT / "systemd" / "tillbox.service").read_text()
+    for rules in (ROOT / "systemd").glob("*.rules"):
+        assert (tmp_path / "usr/lib/udev/rules.d" / rules.name).is_file()
+
+
+def test_unknown_architecture_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="unknown image architecture 'riscv64'"):
+        recipe.packages("riscv64")
+
+
+def test_packages_and_mmdebstrap_arguments() -> None:
+    pi = recipe.packages("arm64")
+    assert {"linux-image-arm64", "raspi-firmware", "cage", "chromium", "python3"} <= set(pi)
+    assert "linux-image-amd64" in recipe.packages("amd64") and "raspi-firmware" not in recipe.packages("amd64")
+    args = recipe.mmdebstrap_args("arm64", "ROOT", customize_hook="HOOK")
+    assert args[-3:] == [recipe.SUITE, "ROOT", recipe.MIRROR]
+    assert "--components=main,non-free-firmware" in args  # raspi-firmware lives there
+    assert "--customize-hook=HOOK" in args and "--architectures=arm64" in args
+    divert = [a for a in args if a.startswith("--essential-hook=") and "update-initramfs" in a]
+    assert len(divert) == 2, "the initrd is made once, by the customize hook, not by every package"
+    assert all(args.index(d) < args.index("--customize-hook=HOOK") for d in divert)
+    cached = recipe.mmdebstrap_args("amd64", "R", customize_hook="H", apt_cache="/c")
+    assert cached.index("--customize-hook=H") < cached.index("--customize-hook=sync-out /var/cache/apt/archives /c")
+
+
+# -- partition layout -----------------------------------------------------------------------------
+
+
+@given(root=st.integers(1, 8 * 1024**3), boot=st.integers(64, 1024), data=st.integers(64, 8192))
+def test_partitions_are_aligned_contiguous_and_ordered(root: int, boot: int, data: int) -> None:
+    lay = recipe.layout(root, boot_mib=boot, data_mib=data)
+    align = recipe.ALIGN_MIB * MIB
+    labels = [p.label for p in lay.partitions]
+    assert labels == ["TB_BOOT", "TB_ROOT", "TB_DATA"]
+    assert lay.partitions[0].offset == align
+    for a, b in zip(lay.partitions, lay.partitions[1:], strict=False):
+        assert a.offset + a.bytes == b.offset
+    for p in lay.partitions:
+        assert p.offset % align == 0 and p.bytes % align == 0
+    assert lay.by_label("TB_ROOT").bytes >= root
+    assert boot * MIB <= lay.by_label("TB_BOOT").bytes < boot * MIB + align
+    assert lay.total_bytes == lay.partitions[-1].offset + lay.partitions[-1].bytes
+
+
+def test_root_size_leaves_room_and_grows_with_the_tree() -> None:
+    small = recipe.root_size(100 * MIB, 10_000)
+    assert small > 100 * MIB
+    assert recipe.root_size(200 * MIB, 10_000) > small
+    assert recipe.root_size(100 * MIB, 100_000) > small
+
+
+def test_layout_rejects_tiny_partitions() -> None:
+    with pytest.raises(ConfigError, match="at least 64 MiB"):
+        recipe.layout(MIB, boot_mib=8)
+
+
+def test_sfdisk_script_names_the_fixed_disk_id_and_a_bootable_fat() -> None:
+    lay = recipe.layout(300 * MIB, disk_id=0xCAFEF00D)
+    script = recipe.sfdisk_script(lay)
+    assert "label: dos" in script and "label-id: 0xcafef00d" in script
+    rows = [line for line in script.splitlines() if line.startswith("start=")]
+    assert rows[0].endswith("type=c, bootable")
+    assert [int(r.split("start=")[1].split(",")[0]) for r in rows] == [p.start for p in lay.partitions]
+
+
+def _need(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (apt install fdisk e2fsprogs dosfstools mtools)")
+
+
+def test_a_tiny_image_has_the_partition_table_and_filesystems(tmp_path: Path) -> None:
+    """The build's own steps on a fake root: FAT + ext4 from directories, MBR, no mounts."""
+    _need("sfdisk", "mkfs.ext4", "mkfs.vfat", "mcopy", "mtype", "debugfs")
+    root, boot, data = tmp_path / "root", tmp_path / "boot", tmp_path / "data"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/fstab").write_text(recipe.fstab())
+    boot.mkdir()
+    (boot / "cmdline.txt").write_text(recipe.cmdline("arm64"))
+    data.mkdir(mode=0o700)
+    lay = recipe.layout(recipe.root_size(*build.tree_usage(root)), boot_mib=64, data_mib=64)
+    fs = {label: tmp_path / f"{label}.fs" for label in ("TB_BOOT", "TB_ROOT", "TB_DATA")}
+    build.make_vfat(boot, fs["TB_BOOT"], lay.by_label("TB_BOOT").bytes, "TB_BOOT", 1)
+    build.make_ext4(root, fs["TB_ROOT"], lay.by_label("TB_ROOT").bytes, "TB_ROOT", 1)
+    uid = recipe.TILLBOX_UID
+    build.make_ext4(data, fs["TB_DATA"], lay.by_label("TB_DATA").bytes, "TB_DATA", 1, owner=(uid, uid))
+    img = tmp_path / "tiny.img"
+    build.assemble(img, lay, fs)
+
+    assert img.stat().st_size == lay.total_bytes
+    assert img.stat().st_blocks * 512 < img.stat().st_size, "the image is written sparse"
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, check=True).stdout)
+    table = table["partitiontable"]
+    assert table["label"] == "dos" and int(table["id"], 16) == recipe.DISK_ID
+    got = [(p["start"], p["size"], p["type"]) for p in table["partitions"]]
+    assert got == [(p.start, p.size, p.mbr_type) for p in lay.partitions]
+    assert table["partitions"][0].get("bootable") is True
+
+    boot_off = lay.by_label("TB_BOOT").offset
+    assert qemu.fat_get(img, boot_off, "cmdline.txt") == recipe.cmdline("arm64").encode()
+    qemu.fat_put(img, boot_off, root / "etc/fstab", "tillbox-provision.toml")
+    assert qemu.fat_get(img, boot_off, "tillbox-provision.toml") == recipe.fstab().encode()
+    assert qemu.fat_get(img, boot_off, "missing.txt") is None
+
+    part = lay.by_label("TB_ROOT")
+    root_fs = qemu.extract_partition(img, part.offset, part.bytes, tmp_path / "root.out")
+    assert qemu.ext4_read(root_fs, "/etc/fstab") == recipe.fstab().encode()
+    assert qemu.ext4_read(root_fs, "/etc/nothing") is None
+    part = lay.by_label("TB_DATA")
+    data_fs = qemu.extract_partition(img, part.offset, part.bytes, tmp_path / "data.out")
+    qemu.fsck(data_fs)
+    top = qemu.ext4_stat(data_fs, "/")
+    assert top == {"mode": 0o700, "uid": uid, "gid": uid}, "the data partition belongs to the daemon alone"
+
+
+def test_mounts_under_finds_leftover_mounts_in_the_work_tree(tmp_path: Path) -> None:
+    table = tmp_path / "mounts"
+    table.write_text("proc /w/root/proc proc ro 0 0\nsys /w/rootfs sysfs ro 0 0\n/dev/vda / ext4 rw 0 0\n"
+                     "tmpfs /w/root/my\\040dir tmpfs rw 0 0\n")  # fmt: skip
+    assert build.mounts_under(Path("/w/root"), table) == ["/w/root/proc", "/w/root/my dir"]
+    assert build.mounts_under(Path("/elsewhere"), table) == []
+
+
+def test_tree_usage_counts_hard_links_once(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(bytes(10_000))
+    one = build.tree_usage(tmp_path)
+    assert one == (12_288, 1), "apparent size in 4 KiB blocks, one inode"
+    os.link(tmp_path / "a", tmp_path / "b")
+    assert build.tree_usage(tmp_path) == one
+    (tmp_path / "c").write_bytes(b"x")
+    assert build.tree_usage(tmp_path) == (12_288 + 4096, 2)
+
+
+def test_write_sparse_copies_data_and_skips_zero_blocks(tmp_path: Path) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    payload = os.urandom(1000) + bytes(3 * 4096) + b"tail"
+    src.write_bytes(payload)
+    dest.write_bytes(b"\xff" * 20000)
+    build.write_sparse(src, dest, 500, chunk=4096)
+    out = dest.read_bytes()
+    assert out[:500] == b"\xff" * 500
+    assert out[500 + 1000 : 500 + 4096] == bytes(4096 - 1000)  # zeros inside a data block are written
+    assert out[500 + 4096 : 500 + 3 * 4096] == b"\xff" * (2 * 4096), "all-zero blocks are skipped, not written"
+    assert out[500 + len(payload) - 4 : 500 + len(payload)] == b"tail"
+
+
+# -- the appliance bundle -------------------------------------------------------------------------
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_lock_pins_every_runtime_dependency() -> None:
+    pins = build.read_lock()
+    pinned = {_norm(line.split("==")[0]) for line in pins}
+    with (ROOT / "pyproject.toml").open("rb") as fh:
+        deps = tomllib.load(fh)["project"]["dependencies"]
+    for dep in deps:
+        name = _norm(re.split(r"[<>=!~;\[ ]", dep, maxsplit=1)[0])
+        assert name in pinned, f"{name} is not in image/requirements.lock; run: python -m image.build lock"
+    assert len(pinned) == len(pins), "a package is pinned twice"
+
+
+def test_read_lock_refuses_unpinned_lines(tmp_path: Path) -> None:
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("# comment\nfoo==1.0  # why\nbar>=2\n")
+    with pytest.raises(ConfigError, match="'bar>=2' is not pinned"):
+        build.read_lock(lock)
+    lock.write_text("foo==1.0  # why\n\n")
+    assert build.read_lock(lock) == ["foo==1.0"]
+
+
+def test_wheel_platforms_match_the_image_glibc() -> None:
+    tags = build.pip_platforms("arm64")
+    assert tags[0] == "manylinux_2_36_aarch64" and "manylinux2014_aarch64" in tags
+    assert all("aarch64" in t for t in tags)
+    assert all("x86_64" in t for t in build.pip_platforms("amd64"))
+
+
+def test_inputs_hash_follows_the_sources(tmp_path: Path) -> None:
+    for name in build.INPUTS:
+        if "." in name:
+            (tmp_path / name).write_text("x")
+        else:
+            (tmp_path / name).mkdir()
+    (tmp_path / "image" / "a.py").write_text("one")
+    first = build.inputs_hash(tmp_path)
+    (tmp_path / "image" / "__pycache__").mkdir()
+    (tmp_path / "image" / "__pycache__" / "a.pyc").write_text("ignored")
+    assert build.inputs_hash(tmp_path) == first
+    (tmp_path / "image" / "a.py").write_text("two")
+    assert build.inputs_hash(tmp_path) != first
+
+
+def test_commands_are_read_from_the_cli_help() -> None:
+    text = "usage: tillbox\n\npositional arguments:\n  COMMAND\n    catalog     manage\n    daemon      run\n" \
+           "                more help\n\noptions:\n  -h, --help  show\n"  # fmt: skip
+    assert build._commands(text) == ["catalog", "daemon"]
+
+
+# -- QEMU command line ----------------------------------------------------------------------------
+
+
+def _artifacts(tmp_path: Path) -> qemu.Artifacts:
+    info = {"cmdline": recipe.cmdline("amd64").strip(), "partitions": [{"label": "TB_BOOT", "offset": 4, "bytes": 8}]}
+    (tmp_path / "t.build.json").write_text(json.dumps(info))
+    return qemu.Artifacts.load(tmp_path / "t.img")
+
+
+def test_qemu_command_boots_the_built_kernel_with_a_forwarded_lab_port(tmp_path: Path) -> None:
+    art = _artifacts(tmp_path)
+    assert art.kernel.name == "t.vmlinuz" and art.initrd.name == "t.initrd.img"
+    assert art.partition("TB_BOOT") == (4, 8)
+    cmd = qemu.qemu_command(art, tmp_path / "disk.img", serial="file:s.log", host_port=4321, kvm=False,
+                            extra_cmdline=("tillbox.lab=1",))  # fmt: skip
+    assert cmd[cmd.index("-kernel") + 1] == str(art.kernel)
+    assert cmd[cmd.index("-append") + 1].endswith(" quiet tillbox.lab=1")
+    assert f"hostfwd=tcp:127.0.0.1:4321-:{qemu.LAB_PORT}" in cmd[cmd.index("-nic") + 1]
+    assert "tcg,thread=multi" in cmd and "kvm" not in cmd
+    assert "kvm" in qemu.qemu_command(art, tmp_path / "d", serial="s", host_port=1, kvm=True)
+    assert cmd[0] == "qemu-system-x86_64"
+
+
+def test_qemu_command_for_the_pi_image_uses_the_virt_machine(tmp_path: Path) -> None:
+    info = {"arch": "arm64", "cmdline": recipe.cmdline("arm64").strip(), "partitions": []}
+    (tmp_path / "pi.build.json").write_text(json.dumps(info))
+    cmd = qemu.qemu_command(qemu.Artifacts.load(tmp_path / "pi.img"), tmp_path / "d", serial="s", host_port=1,
+                            kvm=False)  # fmt: skip
+    assert cmd[:3] == ["qemu-system-aarch64", "-M", "virt"]
+    consoles = [a for a in cmd[cmd.index("-append") + 1].split() if a.startswith("console=")]
+    assert consoles[-1] == "console=ttyAMA0", "the virt machine's serial port is the console"
+
+
+def test_missing_build_info_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(qemu.QemuError, match=r"x\.build\.json is missing"):
+        qemu.Artifacts.load(tmp_path / "x.img")
