@@ -924,3 +924,10 @@ layout = "de"
         assert "scanner-event-kbd" in health["scanner"].reason and "badge-event-kbd" in health["badge"].reason
         assert health["scanner"].backend == f"evdev {tmp_path / 'scanner-event-kbd'}"
         assert mgr.next_attempt("scanner") is None  # its reader thread retries on its own
+
+
+def test_scanner_and_badge_nodes_are_hidden_from_the_compositor() -> None:
+    rules = (Path(__file__).parent.parent / "systemd" / "99-tillbox.rules").read_text().splitlines()
+    input_rules = [r for r in rules if r.startswith('SUBSYSTEM=="input"')]
+    assert input_rules
+    assert all('ENV{LIBINPUT_IGNORE_DEVICE}="1"' in r for r in input_rules)
