@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     pa = prov.add_parser("apply", parents=[common], help="provision this device from a file (first boot)")
     pa.add_argument("file", type=Path)
     pa.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the hub")
+    pr = prov.add_parser("reset", parents=[common], help="retire this till's identity and ledger to re-provision")
+    pr.add_argument("--force", action="store_true", help="even with events the shop has not acknowledged")
     tok = sub.add_parser("enroll-token", help="issue a one-time enrollment token (on the hub)")
     tok.add_argument("--store", required=True)
     tok.add_argument("--device", required=True)
@@ -476,6 +478,17 @@ def cmd_provision_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_provision_reset(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from appliance import provision
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = provision.reset(args.data_dir, force=args.force, stamp=stamp)
+    print(f"identity and ledger moved to {target}; the till can be provisioned again")
+    return 0
+
+
 def cmd_enroll_token(args: argparse.Namespace) -> int:
     from sync.enroll import EnrollmentAuthority
 
@@ -644,6 +657,7 @@ COMMANDS = {
     ("provision", "write"): cmd_provision_write,
     ("provision", "check"): cmd_provision_check,
     ("provision", "apply"): cmd_provision_apply,
+    ("provision", "reset"): cmd_provision_reset,
     ("enroll-token", None): cmd_enroll_token,
     ("update", "build"): cmd_update_build,
     ("update", "install"): cmd_update_install,

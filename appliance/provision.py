@@ -244,3 +244,34 @@ def _config(p: Provisioning, ident: Path) -> str:
         lines += [f'tls_ca_file = "{ident / "ca.pem"}"', f'tls_cert_file = "{ident / "cert.pem"}"',
                   f'tls_key_file = "{ident / "key.pem"}"']  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def reset(data_dir: Path, *, force: bool = False, stamp: str) -> Path:
+    """Retire this till's identity (and its ledger) so it can be provisioned again.
+
+    Nothing is deleted: the identity, config and ledger move to ``DATA_DIR/retired-STAMP/``.
+    Refused while the ledger holds events the shop has not acknowledged, unless forced.
+    """
+    import shutil
+    import sqlite3
+
+    ledger = data_dir / "ledger.db"
+    if ledger.exists() and not force:
+        conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+        try:
+            pending = conn.execute("SELECT count(*) FROM outbox WHERE acked_at IS NULL").fetchone()[0]
+        except sqlite3.Error:
+            pending = 0
+        finally:
+            conn.close()
+        if pending:
+            raise ProvisionError(
+                f"{pending} event(s) have not reached the shop yet; let sync drain them first, or use --force"
+            )
+    target = data_dir / f"retired-{stamp}"
+    target.mkdir(mode=0o700)
+    for name in (IDENTITY_DIR, "tillbox.toml", "ledger.db", "ledger.db-wal", "ledger.db-shm", ERROR_FILE):
+        path = data_dir / name
+        if path.exists():
+            shutil.move(str(path), target / name)
+    return target

@@ -138,3 +138,30 @@ def test_cli_write_check_and_token(tmp_path: Path, broker: Mosquitto) -> None:
     # apply against a broker with no enrollment service: a clear message, exit 2
     out = tillbox("provision", "apply", str(target), "--data-dir", str(tmp_path / "dev"), "--timeout", "0.5")
     assert out.returncode == 2 and "no answer from the enrollment service" in out.stderr
+
+
+def test_reset_retires_identity_and_ledger_for_reprovisioning(tmp_path: Path, broker: Mosquitto,
+                                                              hub: EnrollmentAuthority) -> None:  # fmt: skip
+    from appliance.ledger import NewEvent
+    from appliance.till import open_ledger
+
+    data = tmp_path / "data"
+    token = hub.issue_token("berlin-1", "till-3")
+    provision.apply(boot_file(tmp_path, broker, token), data, lambda p, c: enroll(p, c, timeout=10))
+    config = load_config(data / "tillbox.toml")
+    with open_ledger(config, data) as led:
+        led.append("note", {}, time="t", events=[NewEvent("tillbox.test", {})])
+    with pytest.raises(ProvisionError, match="1 event"):
+        provision.reset(data, stamp="s1")
+    assert provision.provisioned(data) is not None
+    retired = provision.reset(data, force=True, stamp="s2")
+    assert provision.provisioned(data) is None
+    assert (retired / "identity" / "key.pem").exists() and (retired / "ledger.db").exists()
+    # the till can now enroll under a new identity
+    other = hub.issue_token("berlin-1", "till-4")
+    p = provision.Provisioning("berlin-1", "till-4", (broker.url,), other, "UTC", "en_US", {})
+    path = tmp_path / "boot2.toml"
+    path.write_text(provision.render(p))
+    assert provision.apply(path, data, lambda p, c: enroll(p, c, timeout=10))["device_id"] == "till-4"
+    with open_ledger(load_config(data / "tillbox.toml"), data) as led:
+        assert led.head()[0] == 0
