@@ -135,6 +135,14 @@ def test_users_have_the_groups_their_units_ask_for() -> None:
     assert len({*users.values(), *groups.values()}) == 3, "fixed ids must not collide"
 
 
+def test_udev_rules_name_users_and_groups_the_image_has() -> None:
+    users, _, groups = _sysusers()
+    known = {*users, *groups, *DEBIAN_GROUPS, "root"}
+    for rules in (ROOT / "systemd").glob("*.rules"):
+        for key, name in re.findall(r'\b(GROUP|OWNER)="([^"]+)"', rules.read_text()):
+            assert name in known, f"{rules.name}: {key}={name!r} does not exist in the image"
+
+
 def test_root_files_cover_the_appliance_settings() -> None:
     files = recipe.root_files("arm64", "1.2.3")
     assert files["/etc/fstab"].content == recipe.fstab()
