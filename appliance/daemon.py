@@ -1530,7 +1530,9 @@ async def _announce(server: Any, daemon: Daemon, on_ready: Callable[[Daemon, int
     port = server.servers[0].sockets[0].getsockname()[1] if server.servers else 0
     info = {"url": f"http://{_url_host(daemon.config.ui.listen_host)}:{port}", "pid": os.getpid()}
     path = daemon.data_dir / "daemon.json"
-    path.write_text(json.dumps(info) + "\n", encoding="utf-8")
+    partial = path.with_suffix(".json.tmp")
+    partial.write_text(json.dumps(info) + "\n", encoding="utf-8")
+    os.replace(partial, path)  # readers (``tillbox scan``) never see half a file
     sd_notify(f"READY=1\nSTATUS=serving {info['url']}")
     if on_ready is not None:
         result = on_ready(daemon, port)

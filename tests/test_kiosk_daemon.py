@@ -47,6 +47,15 @@ def _wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 20) ->
     raise AssertionError("the daemon did not become healthy")
 
 
+def _wait_file(path: Path, timeout: float = 20) -> Path:
+    """The daemon announces itself just after it starts serving; under load that can lag the first answer."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.02)
+    return path
+
+
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "appliance.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})  # fmt: skip
@@ -59,7 +68,7 @@ def test_daemon_shuts_down_cleanly_on_sigterm(tmp_path: Path) -> None:
     try:
         health = _wait_healthy(f"http://127.0.0.1:{port}", proc)
         assert health["status"] in ("ok", "degraded")
-        info = json.loads((tmp_path / "daemon.json").read_text())
+        info = json.loads(_wait_file(tmp_path / "daemon.json").read_text())
         assert info == {"url": f"http://127.0.0.1:{port}", "pid": proc.pid}
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=15)
