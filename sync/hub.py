@@ -42,15 +42,18 @@ from appliance.clock import Clock, SystemClock, iso_utc
 from appliance.errors import InputError, NotFound, TillboxError
 from appliance.ledger.store import milli_to_qty, qty_to_milli
 from appliance.returns import parse_reference
-from sync.contract import HUB_PREFIX, PREFIX, parse_device_topic, sku_segment, source, store_topic
+from sync import rpc
+from sync.contract import HUB_PREFIX, PREFIX, Topic, parse_device_topic, sku_segment, source, store_topic
 from sync.link import LinkSettings, MqttLink, message_properties
 from sync.lookup import returnable_order
-from sync.schemas import validate
+from sync.schemas import validate, validator
 from sync.worker import LinkWorker
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: Answers one kind of generic request: (store, device, request) -> result; see :meth:`Hub.serve`.
+RequestHandler = Callable[[str, str, Mapping[str, Any]], dict[str, Any]]
 STORE_CHANNEL: Final = "store"
 _HUB_PREFIX: Final = HUB_PREFIX
 ALERT_OVER_REFUNDED: Final = "returns.over_refunded"
@@ -93,6 +96,9 @@ CREATE TABLE IF NOT EXISTS tally(
 CREATE TABLE IF NOT EXISTS docs(
     store TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY(store, name));
+CREATE TABLE IF NOT EXISTS answers(
+    store TEXT NOT NULL, device TEXT NOT NULL, name TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
+    answered_at TEXT NOT NULL, PRIMARY KEY(store, device, name, id));
 CREATE TABLE IF NOT EXISTS orders(
     store TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, status TEXT NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY(store, id));
@@ -142,6 +148,8 @@ class Hub(LinkWorker):
         self._waiting: dict[bytes, Future[dict[str, Any]]] = {}
         self._reported_gaps: set[tuple[str, str, int]] = set()
         self._acked: dict[tuple[str, str], int] = {}
+        self._services: dict[str, RequestHandler] = {}
+        self.serve("stock-query", self._stock_query)
         self.link = MqttLink(
             link, next_session=self._next_session, will=self._will, on_connect=self._connected,
             on_disconnect=lambda: None, on_message=lambda m: self._pending.append(m), on_published=lambda mid: None,
@@ -373,14 +381,19 @@ class Hub(LinkWorker):
                                       (store, sku)).fetchone()[0])  # fmt: skip
         rows = self.db.execute("SELECT channel, level_milli FROM stock WHERE store = ? AND sku = ?", (store, sku))
         levels = {str(ch): str(milli_to_qty(int(m))) for ch, m in rows}
+        reserved = self._reserved(store, sku)
+        doc = {"sku": sku, "version": version, "time": self._now(), "levels": levels, "reserved": str(reserved)}
+        self.link.publish(store_topic(store, "stock", sku_segment(sku)), json.dumps(doc).encode(), retain=True)
+
+    def _reserved(self, store: str, sku: str) -> Decimal:
+        """Units of ``sku`` reserved in ``store`` by open online orders."""
         reserved = Decimal(0)
         open_orders = self.db.execute(
             "SELECT body FROM orders WHERE store = ? AND status IN ('placed', 'ready')", (store,)
         ).fetchall()
         for (body,) in open_orders:
             reserved += sum((Decimal(ln["qty"]) for ln in json.loads(body)["lines"] if ln["sku"] == sku), Decimal(0))
-        doc = {"sku": sku, "version": version, "time": self._now(), "levels": levels, "reserved": str(reserved)}
-        self.link.publish(store_topic(store, "stock", sku_segment(sku)), json.dumps(doc).encode(), retain=True)
+        return reserved
 
     def _response(self, msg: mqtt.MQTTMessage) -> None:
         correlation = getattr(msg.properties, "CorrelationData", None)
@@ -465,23 +478,32 @@ class Hub(LinkWorker):
                             (code, store, subject, message, self._now()))  # fmt: skip
 
     def _answer_lookup(self, msg: mqtt.MQTTMessage) -> None:
-        """Answer a till's ``req/sale`` on its own ``res`` topic, with the request's correlation data."""
+        """Answer a till's ``req/{name}`` on its own ``res`` topic, with the request's correlation data."""
         topic = parse_device_topic(msg.topic)
         assert topic is not None
         reply_to = getattr(msg.properties, "ResponseTopic", None)
         correlation = getattr(msg.properties, "CorrelationData", None)
-        if topic.name != "sale":
+        if topic.name != "sale" and topic.name not in self._services:
             self._reject(msg.topic, f"unknown request {topic.name!r}")
             return
         if not reply_to or not str(reply_to).startswith(f"{PREFIX}/{topic.store}/{topic.device}/res/"):
-            self._reject(msg.topic, "a sale lookup must name a response topic under the device's own res/")
+            self._reject(msg.topic, "a request must name a response topic under the device's own res/")
             return
+        answer = self._sale_answer(msg, topic) if topic.name == "sale" else self._serve(msg, topic)
+        if answer is None:
+            return
+        props = message_properties(ContentType="application/json", MessageExpiryInterval=ANSWER_EXPIRY)
+        if correlation is not None:
+            props.CorrelationData = correlation
+        self.link.publish(str(reply_to), json.dumps(answer, default=str).encode(), properties=props)
+
+    def _sale_answer(self, msg: mqtt.MQTTMessage, topic: Topic) -> dict[str, Any] | None:
         try:
             request = json.loads(msg.payload)
             validate("sale-lookup", request)
         except (ValueError, InputError) as exc:
             self._reject(msg.topic, str(exc))
-            return
+            return None
         reference = str(request["reference"])
         answer: dict[str, Any] = {"reference": reference, "time": self._now()}
         try:
@@ -492,10 +514,77 @@ class Hub(LinkWorker):
         else:
             refunded = self._refunded(topic.store, str(sale["id"]), besides=topic.device)
             answer.update(found=True, sale=sale, refunded=refunded)
-        props = message_properties(ContentType="application/json", MessageExpiryInterval=ANSWER_EXPIRY)
-        if correlation is not None:
-            props.CorrelationData = correlation
-        self.link.publish(str(reply_to), json.dumps(answer, default=str).encode(), properties=props)
+        return answer
+
+    # -- generic requests (sync/rpc.py) ----------------------------------------------------------
+
+    def serve(self, name: str, handler: RequestHandler) -> None:
+        """Answer ``req/{name}`` with ``handler(store, device, request)`` (call before :meth:`start`).
+
+        The handler runs on the hub thread inside one database transaction; it returns the
+        result (schema ``{name}-result``) or raises a :class:`TillboxError`, which becomes an
+        error answer and rolls its writes back. Answers are stored by request id, so a
+        repeated request gets the first answer and the work is done once.
+        """
+        if name == "sale" or name in self._services:
+            raise ValueError(f"request {name!r} is already served")
+        validator(rpc.request_schema(name))
+        validator(rpc.result_schema(name))
+        self._services[name] = handler
+
+    def _serve(self, msg: mqtt.MQTTMessage, topic: Topic) -> dict[str, Any] | None:
+        try:
+            request = json.loads(msg.payload, parse_float=Decimal)
+            validate(rpc.request_schema(topic.name), request)
+        except (ValueError, InputError) as exc:
+            self._reject(msg.topic, str(exc))
+            return None
+        request_id = str(request["id"]).lower()
+        key = (topic.store, topic.device, topic.name, request_id)
+        row = self.db.execute(
+            "SELECT body FROM answers WHERE store = ? AND device = ? AND name = ? AND id = ?", key
+        ).fetchone()
+        if row is not None:
+            stored: dict[str, Any] = json.loads(row[0])
+            return stored
+        now = self._now()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            result = self._services[topic.name](topic.store, topic.device, request)
+            validate(rpc.result_schema(topic.name), result)
+            answer = rpc.ok(request_id, result, now)
+        except TillboxError as exc:
+            self.db.execute("ROLLBACK")
+            self.db.execute("BEGIN IMMEDIATE")
+            answer = rpc.failed(request_id, exc, now)
+        except Exception as exc:  # a bug in a handler: answer, keep serving, do not remember the answer
+            self.db.execute("ROLLBACK")
+            log.exception("request %s from %s/%s failed", topic.name, topic.store, topic.device)
+            return rpc.failed(request_id, TillboxError(f"the shop could not answer: {type(exc).__name__}"), now)
+        try:
+            self.db.execute(
+                "INSERT INTO answers(store, device, name, id, body, answered_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (*key, json.dumps(answer, default=str), now),
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return answer
+
+    def _stock_query(self, store: str, device: str, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Central stock of some SKUs in every store the hub knows (``req/stock-query``)."""
+        skus = [str(s) for s in request["skus"]]
+        marks = ",".join("?" * len(skus))
+        stores: dict[str, dict[str, Any]] = {}
+        query = f"SELECT store, channel, sku, level_milli FROM stock WHERE sku IN ({marks}) ORDER BY store, sku"
+        for st, channel, sku, milli in self.db.execute(query, skus):
+            entry = stores.setdefault(str(st), {}).setdefault(str(sku), {"levels": {}, "reserved": "0"})
+            entry["levels"][str(channel)] = str(milli_to_qty(int(milli)))
+        for st, per_sku in stores.items():
+            for sku, entry in per_sku.items():
+                entry["reserved"] = str(self._reserved(st, sku))
+        return {"stores": stores}
 
     # -- publishing (each runs on the hub thread) ------------------------------------------------
 

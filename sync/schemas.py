@@ -26,6 +26,8 @@ _MINOR = {"type": "integer", "description": "Money in integer minor units of the
 _TIME = {"type": "string", "format": "date-time", "maxLength": 40}
 _SKU = {"type": "string", "minLength": 1, "maxLength": 64}
 _UUID = {"type": "string", "pattern": r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"}
+_UUID_ANY = {"type": "string", "pattern": "^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$",
+             "description": "A UUID (any version): the request's idempotency key."}  # fmt: skip
 _VERSION = {"type": "integer", "minimum": 1, "maximum": 2**53 - 1}
 _SEQ = {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}
 _SLUG = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9-]{0,31}$"}
@@ -294,6 +296,26 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         allOf=[{"if": {"properties": {"found": {"const": True}}}, "then": {"required": ["sale"]},
                 "else": {"not": {"required": ["sale"]}}}],
     )),
+    "rpc-response": _doc("rpc-response", "The shop's answer to any generic request (req/{name}), on the till's "
+                         "res/rpc with the request's CorrelationData; id repeats the request's id (idempotency key).",
+                         _obj(
+        {"id": _UUID_ANY, "ok": {"type": "boolean"}, "result": {"type": "object"},
+         "code": {"enum": ["not_found", "declined", "refused", "invalid", "failed"]},
+         "error": {"type": "string", "maxLength": 200}, "time": _TIME},
+        ["id", "ok"],
+        allOf=[{"if": {"properties": {"ok": {"const": True}}}, "then": {"required": ["result"]},
+                "else": {"required": ["code", "error"]}}],
+    )),
+    "stock-query-request": _doc("stock-query-request", "A till asks for the central stock of SKUs in every store "
+                                "(\"is it in stock elsewhere?\").", _obj(
+        {"id": _UUID_ANY, "skus": {"type": "array", "minItems": 1, "maxItems": 50, "uniqueItems": True,
+                                   "items": _SKU}}, ["id", "skus"])),
+    "stock-query-result": _doc("stock-query-result", "Central stock per store and SKU: units on hand per channel "
+                               "and units reserved by open online orders.", _obj(
+        {"stores": {"type": "object", "maxProperties": 1000, "propertyNames": _SLUG,
+                    "additionalProperties": {"type": "object", "additionalProperties": _obj(
+                        {"levels": {"type": "object", "additionalProperties": _QTY}, "reserved": _POS_QTY},
+                        ["levels", "reserved"])}}}, ["stores"])),
 }  # fmt: skip
 
 

@@ -31,7 +31,7 @@ from appliance.clock import Clock, SystemClock, iso_utc
 from appliance.config import Config
 from appliance.errors import ConfigError, DeviceUnavailable, InputError, NotFound, SaleError, TillboxError
 from appliance.ledger import Ledger
-from sync import reconcile
+from sync import reconcile, rpc
 from sync.contract import HUB_PREFIX, device_topic
 from sync.inbound import Inbound, InboundPolicy, Rejected, doc_version
 from sync.link import LinkSettings, MqttLink, message_properties, read_password
@@ -71,11 +71,12 @@ class SyncOptions:
 
 @dataclass
 class _Lookup:
-    """A sale lookup waiting for the shop's answer."""
+    """A sale lookup or generic request waiting for the shop's answer."""
 
-    reference: str
+    reference: str  # the sale reference, or the request's id
     future: Future[dict[str, Any]]
     forget_at: float
+    name: str = "sale"
 
 
 def settings_from_config(config: Config, data_dir: Path, brokers: tuple[str, ...] = ()) -> LinkSettings:
@@ -237,7 +238,8 @@ class SyncService(LinkWorker):
     def _connected(self, session: int) -> None:
         topics = [(t, 1) for t in self.inbound.topics()]
         topics += [(self._topic("res", "ack"), 1), (self._topic("res", "reconcile"), 1), (self._topic("cmd", "+"), 1),
-                   (self._topic("res", "sale"), 1), (HUB_STATUS, 1)]  # fmt: skip
+                   (self._topic("res", "sale"), 1), (self._topic("res", rpc.RESPONSE_NAME), 1),
+                   (HUB_STATUS, 1)]  # fmt: skip
         self.link.subscribe(topics)
         topic, body = self._status(True)
         self.link.publish(topic, body, retain=True)
@@ -281,6 +283,8 @@ class SyncService(LinkWorker):
             self._command(msg)
         elif topic == self._topic("res", "sale"):
             self._lookup_answer(msg)
+        elif topic == self._topic("res", rpc.RESPONSE_NAME):
+            self._rpc_answer(msg)
         elif topic == HUB_STATUS:
             try:
                 self.hub_online = bool(self.inbound.parse(topic, payload, "status")["online"]) if payload else None
@@ -362,17 +366,81 @@ class SyncService(LinkWorker):
         except TimeoutError:
             raise DeviceUnavailable(f"the shop did not answer within {wait:g} s") from None
 
-    def _send_lookup(self, reference: str, fut: Future[dict[str, Any]], wait: float) -> None:
+    def request(self, name: str, body: Mapping[str, Any], *, request_id: str | None = None,
+                timeout: float | None = None) -> dict[str, Any]:  # fmt: skip
+        """Ask the shop (``req/{name}``, see :mod:`sync.rpc`) and return its result.
+
+        Call from any thread but the service's. ``request_id`` is the idempotency key
+        (a fresh UUID when omitted): repeat a request whose outcome is unknown with the
+        same id and the shop answers what it did the first time. Raises
+        :class:`DeviceUnavailable` when the shop cannot be asked or does not answer
+        within ``timeout`` (the outcome is then unknown), :class:`InputError` when the
+        answer is invalid, and the error the shop answered otherwise (:class:`NotFound`,
+        :class:`TenderError` for a decline, :class:`SaleError` for a refusal).
+        """
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("request waits for the service thread; call it from another thread")
+        wait = self.options.lookup_timeout if timeout is None else timeout
+        rid = str(uuid.UUID(request_id)) if request_id is not None else str(uuid.uuid4())
+        doc = {**body, "id": rid}
+        validate(rpc.request_schema(name), doc)
+        if not self.link.connected:
+            raise DeviceUnavailable("the shop is not reachable: this till is offline")
+        if self.hub_online is False:
+            raise DeviceUnavailable("the shop is not reachable: its hub is offline")
+        fut: Future[dict[str, Any]] = Future()
+        self.call(lambda: self._send(name, doc, _Lookup(rid, fut, 0.0, name), wait))
+        try:
+            return fut.result(wait)
+        except TimeoutError:
+            raise DeviceUnavailable(f"the shop did not answer within {wait:g} s") from None
+
+    def _send(self, name: str, doc: Mapping[str, Any], pending: _Lookup, wait: float, *,
+              response: str = rpc.RESPONSE_NAME) -> None:  # fmt: skip
         correlation = uuid.uuid4().bytes
         expiry = max(1, math.ceil(wait))
-        props = message_properties(ResponseTopic=self._topic("res", "sale"), CorrelationData=correlation,
+        props = message_properties(ResponseTopic=self._topic("res", response), CorrelationData=correlation,
                                    MessageExpiryInterval=expiry, ContentType="application/json")  # fmt: skip
-        body = json.dumps({"reference": reference, "issued_at": self._now()}).encode()
-        if self.link.publish(self._topic("req", "sale"), body, qos=1, properties=props) is None:
-            fut.set_exception(DeviceUnavailable("the shop is not reachable: this till is offline"))
+        if self.link.publish(self._topic("req", name), json.dumps(doc).encode(), qos=1, properties=props) is None:
+            pending.future.set_exception(DeviceUnavailable("the shop is not reachable: this till is offline"))
             return
+        pending.forget_at = self.clock.monotonic() + 2 * expiry
+        self._lookups[correlation] = pending
+
+    def _rpc_answer(self, msg: mqtt.MQTTMessage) -> None:
+        topic, payload = msg.topic, bytes(msg.payload)
+        correlation = getattr(msg.properties, "CorrelationData", None)
+        pending = self._lookups.pop(bytes(correlation), None) if correlation else None
+        if pending is None:
+            log.debug("answer to an unknown or expired request ignored")
+            return
+        outcome: dict[str, Any] | TillboxError
+        try:
+            answer = self.inbound.parse(topic, payload, "rpc-response")
+            if str(answer["id"]).lower() != pending.reference:
+                raise Rejected(f"answer for request {answer['id']} to request {pending.reference}")
+            if answer["ok"]:
+                result = answer["result"]
+                try:
+                    validate(rpc.result_schema(pending.name), result)
+                except InputError as exc:
+                    raise Rejected(str(exc)) from None
+                outcome = dict(result)
+            else:
+                outcome = rpc.error_from(str(answer["code"]), f"the shop refused: {answer['error']}")
+        except Rejected as exc:
+            self.inbound.reject(topic, payload, str(exc))
+            outcome = InputError(f"the shop's answer to {pending.name} was invalid: {exc}")
+        if not pending.future.done():
+            if isinstance(outcome, TillboxError):
+                pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(outcome)
+
+    def _send_lookup(self, reference: str, fut: Future[dict[str, Any]], wait: float) -> None:
         # a late answer is still stored (the next attempt finds it), until twice the expiry
-        self._lookups[correlation] = _Lookup(reference, fut, self.clock.monotonic() + 2 * expiry)
+        body = {"reference": reference, "issued_at": self._now()}
+        self._send("sale", body, _Lookup(reference, fut, 0.0), wait, response="sale")
 
     def _lookup_answer(self, msg: mqtt.MQTTMessage) -> None:
         topic, payload = msg.topic, bytes(msg.payload)
