@@ -79,6 +79,14 @@ class _Lookup:
     name: str = "sale"
 
 
+def _settle(pending: _Lookup, outcome: dict[str, Any] | TillboxError) -> None:
+    if not pending.future.done():
+        if isinstance(outcome, TillboxError):
+            pending.future.set_exception(outcome)
+        else:
+            pending.future.set_result(outcome)
+
+
 def settings_from_config(config: Config, data_dir: Path, brokers: tuple[str, ...] = ()) -> LinkSettings:
     """Link settings from ``[sync]``; ``brokers`` overrides the configured list."""
     s = config.sync
@@ -409,10 +417,8 @@ class SyncService(LinkWorker):
 
     def _rpc_answer(self, msg: mqtt.MQTTMessage) -> None:
         topic, payload = msg.topic, bytes(msg.payload)
-        correlation = getattr(msg.properties, "CorrelationData", None)
-        pending = self._lookups.pop(bytes(correlation), None) if correlation else None
+        pending = self._pending_for(msg)
         if pending is None:
-            log.debug("answer to an unknown or expired request ignored")
             return
         outcome: dict[str, Any] | TillboxError
         try:
@@ -431,11 +437,15 @@ class SyncService(LinkWorker):
         except Rejected as exc:
             self.inbound.reject(topic, payload, str(exc))
             outcome = InputError(f"the shop's answer to {pending.name} was invalid: {exc}")
-        if not pending.future.done():
-            if isinstance(outcome, TillboxError):
-                pending.future.set_exception(outcome)
-            else:
-                pending.future.set_result(outcome)
+        _settle(pending, outcome)
+
+    def _pending_for(self, msg: mqtt.MQTTMessage) -> _Lookup | None:
+        """The request an answer belongs to (by CorrelationData), taken off the waiting list."""
+        correlation = getattr(msg.properties, "CorrelationData", None)
+        pending = self._lookups.pop(bytes(correlation), None) if correlation else None
+        if pending is None:
+            log.debug("answer on %s to an unknown or expired request ignored", msg.topic)
+        return pending
 
     def _send_lookup(self, reference: str, fut: Future[dict[str, Any]], wait: float) -> None:
         # a late answer is still stored (the next attempt finds it), until twice the expiry
@@ -444,10 +454,8 @@ class SyncService(LinkWorker):
 
     def _lookup_answer(self, msg: mqtt.MQTTMessage) -> None:
         topic, payload = msg.topic, bytes(msg.payload)
-        correlation = getattr(msg.properties, "CorrelationData", None)
-        pending = self._lookups.pop(bytes(correlation), None) if correlation else None
+        pending = self._pending_for(msg)
         if pending is None:
-            log.debug("answer to an unknown or expired sale lookup ignored")
             return
         outcome: dict[str, Any] | TillboxError
         try:
@@ -465,11 +473,7 @@ class SyncService(LinkWorker):
         except Rejected as exc:
             self.inbound.reject(topic, payload, str(exc))
             outcome = InputError(f"the shop's answer about {pending.reference} was invalid: {exc}")
-        if not pending.future.done():
-            if isinstance(outcome, TillboxError):
-                pending.future.set_exception(outcome)
-            else:
-                pending.future.set_result(outcome)
+        _settle(pending, outcome)
 
     def _forget_lookups(self, *, everything: bool = False) -> None:
         now = self.clock.monotonic()
