@@ -3,7 +3,8 @@
 Frames are pure bytes built by the functions below (``ESC @`` initialise, ``ESC t n`` code
 table, ``US MD1`` overwrite mode, ``US C 0`` cursor off, ``US $ x y`` cursor to column x,
 row y (1-based), ``CLR`` clear). A display wired behind the printer is addressed by
-wrapping frames in ``ESC = 2`` ... ``ESC = 1`` (select display, then printer again).
+wrapping frames in ``ESC = 2`` ... ``ESC = 1`` (select display, then printer again) and
+sending them through the printer with :class:`PrinterPassthrough`.
 
 A missing or failing display never stops a sale: :class:`CustomerDisplay` marks itself
 unavailable, remembers what it should show, and retries after ``retry_after`` seconds.
@@ -16,6 +17,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from appliance.clock import Clock, SystemClock
 from appliance.errors import DeviceMisconfigured, DeviceUnavailable
@@ -253,6 +255,34 @@ class CustomerDisplay(Device):
             except Exception:
                 log.debug("closing %s after a failure failed", self.name, exc_info=True)
             self._link = None
+
+
+class CommandSink(Protocol):
+    """Takes raw bytes for the printer (a :class:`~drivers.printer.ReceiptPrinter`)."""
+
+    def send(self, data: bytes) -> None: ...
+
+
+class PrinterPassthrough:
+    """The link to a display daisy-chained behind the receipt printer.
+
+    Every frame goes through the printer's own link as one command, so it never lands in
+    the middle of a receipt; with ``DisplayProfile(via_printer=True)`` each frame selects
+    the display (``ESC = 2``) and hands the printer back (``ESC = 1``). Nothing can be read
+    back, and closing leaves the printer alone (it belongs to its own device slot).
+    """
+
+    def __init__(self, printer: CommandSink) -> None:
+        self.printer = printer
+
+    def write(self, data: bytes) -> None:
+        self.printer.send(data)
+
+    def read(self, size: int, timeout: float) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        """The printer stays open."""
 
 
 def open_display(port: str, baudrate: int = 9600) -> Opener:

@@ -57,7 +57,7 @@ from drivers.companion import (
     InputChange,
     UsbMatch,
 )
-from drivers.display import CustomerDisplay, DisplayProfile, SimulatedDisplay
+from drivers.display import CustomerDisplay, DisplayProfile, PrinterPassthrough, SimulatedDisplay
 from drivers.drawer import (
     CashDrawer,
     DrawerLeftOpen,
@@ -911,6 +911,8 @@ class DeviceManager:
                 return _Slot(name, f"{dr.kind}{sensor}", sim, self._build_drawer, None)
             case "badge" if d.badge.kind != "none":
                 return _Slot(name, f"evdev {d.badge.device}", sim, self._build_badge, None, paths=(d.badge.device,))
+            case "display" if d.display.kind == "printer":
+                return _Slot(name, "behind the printer (ESC =)", sim, self._build_display, self._probe_display)
             case "display" if d.display.kind != "none":
                 return _Slot(
                     name,
@@ -1188,14 +1190,21 @@ class DeviceManager:
 
     def _build_display(self) -> _Built:
         d = self._devices.display
+        via_printer = d.kind == "printer"
         profile = DisplayProfile(
             columns=d.columns,
             rows=d.rows,
             code_page=d.code_page,
             code_table=None if d.code_table < 0 else d.code_table,
+            via_printer=via_printer,
         )
         link: Transport | Callable[[], Transport]
-        if self._sim:
+        if via_printer:
+            sim = SimulatedDisplay(d.columns, d.rows) if self._sim else None
+            if sim is not None:
+                self._set_peer("display", sim)
+            link = lambda: self._printer_passthrough(sim)  # noqa: E731 - an opener: the printer may be replaced
+        elif self._sim:
             sim = SimulatedDisplay(d.columns, d.rows)
             self._set_peer("display", sim)
             link = sim
@@ -1205,6 +1214,18 @@ class DeviceManager:
             link, profile, currency=self._currency, clock=self._clock, retry_after=self._backoff.initial, name="display"
         )
         return display, ()
+
+    def _printer_passthrough(self, sim: SimulatedDisplay | None) -> PrinterPassthrough:
+        """The display's link through the printer that is open now (sim: the display hangs behind its simulator)."""
+        try:
+            printer = self._dependency("printer", ReceiptPrinter)
+        except DeviceMisconfigured as exc:  # the display retries; the printer's own slot reports why
+            raise DeviceUnavailable(str(exc)) from exc
+        if sim is not None:
+            printer_sim = self.simulator("printer")
+            if isinstance(printer_sim, SimulatedPrinter):
+                printer_sim.peripheral = sim
+        return PrinterPassthrough(printer)
 
     def _probe_display(self) -> None:
         display = self.display

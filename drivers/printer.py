@@ -563,11 +563,21 @@ class SimulatedPrinter:
 
     Set ``status`` (e.g. ``PrinterStatus(paper_out=True, online=False)``), call
     :meth:`disconnect`, or ``fail_after(n)`` to lose the link after ``n`` more bytes.
+
+    A write that starts by selecting another device (``ESC = n`` without the printer bit,
+    as a customer display behind the printer is addressed) is not printed: it goes to
+    :attr:`peripheral` when one is attached (e.g. a ``SimulatedDisplay``) and is kept in
+    :attr:`passthrough`. A real printer parses its whole command stream; the simulator only
+    looks at the start of each write, which is how such frames are sent.
     """
 
     def __init__(self, *, columns: int = 48) -> None:
         self.columns = columns
         self.written = bytearray()
+        #: Bytes addressed to the device behind the printer.
+        self.passthrough = bytearray()
+        #: The device daisy-chained behind the printer (anything with ``write(bytes)``).
+        self.peripheral: Any = None
         self.status = PrinterStatus()
         self.connected = True
         self._replies: deque[int] = deque()
@@ -580,6 +590,11 @@ class SimulatedPrinter:
                 raise DeviceUnavailable("simulated printer is disconnected")
             if len(data) == 3 and data[:2] == b"\x10\x04" and 1 <= data[2] <= 4:
                 self._replies.append(self.status.to_bytes()[data[2] - 1])
+                return
+            if len(data) >= 3 and data[:2] == b"\x1b=" and not data[2] & 0x01:
+                self.passthrough += data
+                if self.peripheral is not None:
+                    self.peripheral.write(data)
                 return
             if self._budget is not None and len(data) > self._budget:
                 self.written += data[: self._budget]

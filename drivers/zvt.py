@@ -2,7 +2,8 @@
 
 Facts used here come from the ZVT specification of the Verband der
 Terminalhersteller (PA00P015 "Commands, Bitmaps, Error Messages" and PA00P016
-"Transport-Protocol"):
+"Transport-Protocol, Application-Protocol"). What was checked against which
+source is listed in docs/devices.md ("ZVT: what was verified"); in short:
 
 * An APDU is ``CLASS INSTR LEN DATA``; ``LEN`` is one byte, or ``FF`` and two
   bytes little-endian when the data is longer than 254 bytes.
@@ -12,12 +13,14 @@ Terminalhersteller (PA00P015 "Commands, Bitmaps, Error Messages" and PA00P016
   answers each frame with the single byte ACK (06) or NAK (15); a frame is sent
   at most three times.
 * Over TCP (port 20007) APDUs go bare: no framing, no CRC, no ACK/NAK byte.
-* The application acknowledges every APDU with ``80 00 00`` (or refuses it
-  with ``84 xx``). After a command the terminal (PT) becomes master and sends
-  Intermediate Status (04 FF), Status-Information (04 0F, result in BMP 27),
-  maybe print lines, then Completion (06 0F) or Abort (06 1E + result code).
-* Time-out T3 (5 s) bounds the wait for an acknowledgement; T4 (180 s) bounds
-  the silence between two messages of a running transaction.
+* The application acknowledges every APDU with ``80 00 00`` (``84 00 00`` is a
+  positive acknowledgement too) or refuses it with ``84 xx``. After a command
+  the terminal (PT) becomes master and sends Intermediate Status (04 FF),
+  Status-Information (04 0F, result in BMP 27), maybe print lines, then
+  Completion (06 0F) or Abort (06 1E + result code).
+* PA00P016 names four time-outs: T1 (wait-time between two bytes), T2
+  (wait-time between a block and its ACK/NAK), T3 (time between a command and
+  its 80-00/84-xx) and T4 (time between 80-00 from the PT and the completion).
 
 Card numbers never leave this module: BMP 22 (PAN), the track data, expiry and
 CVV are dropped while parsing. Only the last four digits survive, and only when
@@ -52,14 +55,18 @@ DLE, STX, ETX, ACK, NAK = 0x10, 0x02, 0x03, 0x06, 0x15
 
 #: TCP port ZVT terminals listen on.
 DEFAULT_TCP_PORT = 20007
-#: Time-out T3: wait for the acknowledgement of a message (seconds).
+#: Time-out T1 (serial): longest gap between two bytes of one frame. Our value; see docs/devices.md.
+T1 = 1.0
+#: Time-out T2 (serial): wait for the ACK/NAK byte after a frame. Our value; see docs/devices.md.
+T2 = 5.0
+#: Time-out T3: wait for the acknowledgement (80 00 / 84 xx) of a command (seconds).
 T3 = 5.0
-#: Time-out T4: longest silence inside a running transaction (seconds).
+#: Time-out T4: longest silence between the acknowledgement and the completion (seconds).
 T4 = 180.0
 #: A serial frame is repeated at most twice after a NAK or a missing ACK.
 MAX_REPEATS = 2
-#: Longest gap between two bytes of one serial frame (our choice, not the spec's).
-BYTE_TIMEOUT = 1.0
+#: Longest gap between two bytes of one serial frame (time-out T1).
+BYTE_TIMEOUT = T1
 
 MAX_APDU_DATA = 0xFFFF
 #: Control-field classes a well-behaved peer sends; anything else means the TCP stream is out of step.
@@ -303,6 +310,11 @@ POSITIVE_ACK = Apdu(0x80, 0x00)
 def negative_ack(code: int) -> Apdu:
     """``84 xx``: refuse a message with result code ``xx``."""
     return Apdu(0x84, code)
+
+
+def is_positive_ack(msg: Apdu) -> bool:
+    """``80 00`` or ``84 00`` (result code 00, "no error"): the message was taken."""
+    return msg.klass == 0x80 or (msg.klass == 0x84 and msg.instr == RC_OK)
 
 
 # -- bitmaps (BMPs) ----------------------------------------------------------------------------
@@ -742,7 +754,7 @@ def _read_some(transport: Transport, timeout: float) -> bytes:
 class SerialLink:
     """ZVT serial transport protocol: framing, CRC, ACK/NAK and repetition."""
 
-    def __init__(self, transport: Transport, *, ack_timeout: float = T3, byte_timeout: float = BYTE_TIMEOUT,
+    def __init__(self, transport: Transport, *, ack_timeout: float = T2, byte_timeout: float = BYTE_TIMEOUT,
                  max_repeats: int = MAX_REPEATS, stats: LinkStats | None = None) -> None:  # fmt: skip
         self.transport = transport
         self.ack_timeout = ack_timeout
@@ -887,7 +899,7 @@ class Framing(enum.StrEnum):
     TCP = "tcp"
 
 
-def make_link(transport: Transport, framing: Framing, *, ack_timeout: float = T3, byte_timeout: float = BYTE_TIMEOUT,
+def make_link(transport: Transport, framing: Framing, *, ack_timeout: float = T2, byte_timeout: float = BYTE_TIMEOUT,
               max_repeats: int = MAX_REPEATS, stats: LinkStats | None = None) -> Link:  # fmt: skip
     """The link layer for ``framing`` on top of ``transport``."""
     if framing is Framing.SERIAL:
@@ -966,8 +978,9 @@ class ZvtTerminal(Device):
     """A ZVT payment terminal over serial or TCP; implements ``PaymentTerminal``.
 
     ``connect`` opens a fresh :class:`Transport` (called again after the link drops).
-    ``t3``/``t4`` are the spec's time-outs; ``ack_timeout`` (serial only, default T3)
-    bounds the wait for the ACK/NAK byte after each frame. Calls block; run them in
+    ``t3``/``t4`` are the spec's time-outs T3 and T4; ``ack_timeout`` (serial only,
+    time-out T2) bounds the wait for the ACK/NAK byte after each frame and
+    ``byte_timeout`` (T1) the gap between two bytes of a frame. Calls block; run them in
     an executor. One command runs at a time.
     """
 
@@ -999,7 +1012,7 @@ class ZvtTerminal(Device):
         if self.currency is not None:
             _currency_numeric(self.currency)
         self.t3, self.t4 = t3, t4
-        self.ack_timeout = t3 if ack_timeout is None else ack_timeout
+        self.ack_timeout = T2 if ack_timeout is None else ack_timeout
         self.byte_timeout = byte_timeout
         self.max_repeats = max_repeats
         self.auto_register = register
@@ -1333,7 +1346,7 @@ class ZvtTerminal(Device):
             msg = self._next(link, deadline, flow, "acknowledgement")
             if msg is None:
                 continue
-            if msg.klass == 0x80:
+            if is_positive_ack(msg):
                 break
             if msg.klass == 0x84:
                 raise ZvtRejected(msg.instr, _command_name(command))
@@ -1366,8 +1379,8 @@ class ZvtTerminal(Device):
         """Handle one message the terminal sent as master, and acknowledge it."""
         control = msg.control
         reply: Apdu = POSITIVE_ACK
-        if msg.klass == 0x80:
-            return  # a repeated acknowledgement
+        if msg.klass in (0x80, 0x84):
+            return  # a late or repeated acknowledgement: acknowledgements are never acknowledged
         if control == INTERMEDIATE_STATUS:
             if msg.data:
                 flow.intermediate.append(msg.data[0])

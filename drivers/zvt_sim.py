@@ -236,6 +236,7 @@ class ZvtSimulator:
         pan: str = "6763********1230",
         start_trace: int = 41,
         start_receipt: int = 7,
+        acknowledgement: Apdu = zvt.POSITIVE_ACK,
         clock: Callable[[], datetime] = datetime.now,
     ) -> None:
         self.framing = Framing(framing)
@@ -245,6 +246,8 @@ class ZvtSimulator:
         self.max_repeats = max_repeats
         self.card_name = card_name
         self.pan = pan
+        #: What the terminal answers a command with: ``80 00 00``, or ``84 00 00`` as some terminals do.
+        self.acknowledgement = acknowledgement
         self._clock = clock
         self._trace = start_trace
         self._receipt = start_receipt
@@ -444,18 +447,18 @@ class ZvtSimulator:
         self._current = command
         control = command.control
         if control == zvt.REGISTRATION:
-            link.send(zvt.POSITIVE_ACK.encode())
+            link.send(self.acknowledgement.encode())
             done = zvt.completion([(0x19, b"\x00"), (0x29, self._tid()), (0x49, zvt.bcd_encode(978, 2))])
             return self._send_and_wait(link, done)
         if control == zvt.LOG_OFF:
-            link.send(zvt.POSITIVE_ACK.encode())
+            link.send(self.acknowledgement.encode())
             return None
         if control == zvt.STATUS_ENQUIRY:
-            link.send(zvt.POSITIVE_ACK.encode())
+            link.send(self.acknowledgement.encode())
             info = zvt.status_information([(0x27, b"\x00"), (0x29, self._tid())])
             return self._send_and_wait(link, info) or self._send_and_wait(link, zvt.completion())
         if control == zvt.REPEAT_RECEIPT:
-            link.send(zvt.POSITIVE_ACK.encode())
+            link.send(self.acknowledgement.encode())
             last = self.last
             if last is None:
                 return self._send_and_wait(link, zvt.abort(zvt.RC_NOT_POSSIBLE))
@@ -476,7 +479,7 @@ class ZvtSimulator:
             outcome = self._script.popleft() if self._script else SimOutcome.approve()
         if outcome.behaviour is Behaviour.NO_ACK:
             return None
-        link.send(zvt.POSITIVE_ACK.encode())
+        link.send(self.acknowledgement.encode())
         if outcome.behaviour is Behaviour.TIMEOUT:
             return None
         if outcome.behaviour is Behaviour.DISCONNECT:
@@ -506,7 +509,7 @@ class ZvtSimulator:
     def _reversal(self, link: Link, command: Apdu) -> Apdu | None:
         fields = zvt.parse_bmps(command.data[3:]).values
         receipt = zvt.bcd_decode(fields[0x87]) if 0x87 in fields else -1
-        link.send(zvt.POSITIVE_ACK.encode())
+        link.send(self.acknowledgement.encode())
         with self._lock:
             original = next((t for t in self.journal if t.receipt == receipt and t.kind != "reversal"), None)
         if original is None or not original.approved:

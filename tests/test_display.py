@@ -7,7 +7,8 @@ import os
 import select
 import threading
 import time
-from collections.abc import Iterator
+import tty
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import given
@@ -20,6 +21,7 @@ from drivers.base import Health, HealthState
 from drivers.display import (
     CustomerDisplay,
     DisplayProfile,
+    PrinterPassthrough,
     SimulatedDisplay,
     clear_frame,
     init_frame,
@@ -28,6 +30,8 @@ from drivers.display import (
     split_row,
     text_frame,
 )
+from drivers.escpos_codec import PrinterStatus
+from drivers.printer import ReceiptPrinter, SimulatedPrinter, serial_link
 from drivers.transport import SerialTransport, Transport
 
 EUR = Currency("EUR", 2)
@@ -240,3 +244,125 @@ def test_open_display_follows_sim_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TILLBOX_DEVICES")
     with pytest.raises(DeviceUnavailable, match="cannot open serial port"):
         open_display("/dev/nonexistent-vfd")()
+
+
+# -- a display daisy-chained behind the receipt printer -------------------------------------------
+
+SELECT_DISPLAY, SELECT_PRINTER = b"\x1b=\x02", b"\x1b=\x01"
+
+
+def test_display_behind_a_simulated_printer(clock: FrozenClock) -> None:
+    sim = SimulatedPrinter(columns=32)
+    sim.peripheral = SimulatedDisplay()
+    printer = ReceiptPrinter(sim, check_status=False, clock=clock)
+    display = CustomerDisplay(PrinterPassthrough(printer), DisplayProfile(via_printer=True), currency=EUR, clock=clock)
+    assert display.show_item("Water", 79, 79)
+    printer.send(b"RECEIPT LINE\n")
+    assert display.show_total(79, paid=100)
+    assert sim.peripheral.lines == ("TOTAL EUR       0.79", "PAID            1.00")
+    assert b"RECEIPT LINE" in sim.written
+    assert b"TOTAL" not in sim.written and b"Water" not in sim.written  # nothing for the display is printed
+    assert sim.passthrough.startswith(SELECT_DISPLAY + b"\x1b@") and sim.passthrough.endswith(SELECT_PRINTER)
+    display.close()
+    printer.send(b"still printing")  # closing the display leaves the printer open
+    assert sim.written.endswith(b"still printing")
+
+
+def test_display_behind_a_lost_printer_is_unavailable_and_comes_back(clock: FrozenClock) -> None:
+    sim = SimulatedPrinter()
+    sim.peripheral = SimulatedDisplay()
+    printer = ReceiptPrinter(sim, check_status=False, clock=clock)
+    display = CustomerDisplay(lambda: PrinterPassthrough(printer), DisplayProfile(via_printer=True), currency=EUR,
+                              clock=clock, retry_after=5)  # fmt: skip
+    sim.disconnect()
+    assert display.show_lines("GONE") is False
+    assert display.health.health == Health.UNAVAILABLE
+    assert printer.health.health == Health.UNAVAILABLE  # the shared link failed for the printer too
+    sim.reconnect()
+    clock.advance(5)
+    assert display.show_lines("BACK")
+    assert sim.peripheral.lines[0] == "BACK"
+    display.close()
+
+
+class PrinterWithDisplay:
+    """The far end of a pty: an ESC/POS printer with a customer display on its pass-through port.
+
+    Bytes go to the printer or, after ``ESC = 2``, to the display (until ``ESC = 1``);
+    ``DLE EOT n`` addressed to the printer is answered with a ready status.
+    """
+
+    def __init__(self, master: int) -> None:
+        self.master = master
+        self.printed = bytearray()
+        self.to_display = bytearray()
+        self.display = SimulatedDisplay()
+        self._pending = b""
+        self._printer_selected = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="printer-with-display")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if select.select([self.master], [], [], 0.02)[0]:
+                self._take(os.read(self.master, 4096))
+
+    def _take(self, data: bytes) -> None:
+        data, self._pending = self._pending + data, b""
+        i = 0
+        while i < len(data):
+            if data[i] in (0x1B, 0x10) and len(data) - i < 3:
+                self._pending = data[i:]  # a command split across reads
+                return
+            if data[i : i + 2] == b"\x1b=":
+                self._printer_selected = bool(data[i + 2] & 0x01)
+                self.to_display += data[i : i + 3]
+                self.display.write(data[i : i + 3])
+                i += 3
+            elif self._printer_selected and data[i : i + 2] == b"\x10\x04":
+                os.write(self.master, PrinterStatus().to_bytes()[data[i + 2] - 1 : data[i + 2]])
+                i += 3
+            elif self._printer_selected:
+                self.printed.append(data[i])
+                i += 1
+            else:
+                self.to_display.append(data[i])
+                self.display.write(data[i : i + 1])
+                i += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_display_behind_a_serial_printer_over_a_pty(pty_pair: tuple[int, str], clock: FrozenClock) -> None:
+    master, path = pty_pair
+    tty.setraw(master)
+    peer = PrinterWithDisplay(master)
+    try:
+        printer = ReceiptPrinter(serial_link(path), clock=clock)
+        printer.status()  # the printer answers DLE EOT through the same port
+        profile = DisplayProfile(via_printer=True, code_page="CP858")
+        display = CustomerDisplay(lambda: PrinterPassthrough(printer), profile, currency=EUR, clock=clock)
+        assert display.show_item("Käse 200g", 349, 1628)
+        printer.send(b"RECEIPT LINE\n")
+        assert display.show_total(1628, change=372)
+        expected = ("TOTAL EUR      16.28", "CHANGE          3.72")
+        wait_for_peer(lambda: peer.display.lines == expected)
+        assert bytes(peer.printed).count(b"RECEIPT LINE") == 1
+        assert b"TOTAL" not in peer.printed and "Käse".encode("cp858") not in peer.printed
+        frames = [init_frame(profile), text_frame(["Käse 200g       3.49", "TOTAL EUR      16.28"], profile),
+                  text_frame(list(expected), profile)]  # fmt: skip
+        assert bytes(peer.to_display) == b"".join(frames)  # whole frames, each selecting and releasing the display
+        display.close()
+        printer.close()
+    finally:
+        peer.stop()
+
+
+def wait_for_peer(condition: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the peer did not get it in time"
+        time.sleep(0.005)

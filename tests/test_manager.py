@@ -266,6 +266,10 @@ def test_every_device_path_defaults_under_dev_tillbox() -> None:
         ("[devices]\nreconnect_initial_seconds = 40\nreconnect_max_seconds = 10\n", ["reconnect_initial_seconds"]),
         ('[devices.scale]\nserial_format = "9X1"\n', ["devices.scale.serial_format", '"7E1"']),
         ('[devices.badge]\nkind = "serial"\n', ["devices.badge.kind", '"evdev"']),
+        (
+            '[devices.printer]\nkind = "none"\n[devices.drawer]\nkind = "none"\n[devices.display]\nkind = "printer"\n',
+            ["devices.display.kind", "behind the printer needs [devices.printer]"],
+        ),
     ],
 )
 def test_bad_device_settings_fail_at_start_up(text: str, fragments: list[str]) -> None:
@@ -302,6 +306,20 @@ def test_sim_mode_opens_a_simulator_for_every_configured_device() -> None:
         assert mgr.terminal is not None and mgr.scale is not None and mgr.companion is not None
         # every device announced itself once: from "not opened yet" to ok
         assert sorted(h.device for h in seen.of(DeviceHealth)) == sorted(health)
+
+
+def test_display_behind_the_printer_in_sim_mode() -> None:
+    cfg = config('[devices]\nmode = "sim"\n[devices.display]\nkind = "printer"\n[devices.scale]\nkind = "serial"\n')
+    assert "display" not in cfg.devices.device_paths()  # it has no port of its own
+    with manager(cfg, Seen()) as mgr:
+        mgr.start(background=False)
+        assert mgr.health()["display"].backend == "behind the printer (ESC =)"
+        assert mgr.display is not None and mgr.display.show_lines("HELLO", "WORLD")
+        assert mgr.simulator("display").lines == ("HELLO", "WORLD")
+        assert mgr.test_print().ok
+        printer = mgr.simulator("printer")
+        assert "printer test" in printer.text() and "HELLO" not in printer.text()
+        assert bytes(printer.passthrough).count(b"\x1b=\x02") == 2  # initialise, then the text
 
 
 def test_kind_none_is_not_opened() -> None:
@@ -472,6 +490,40 @@ device = "{tmp_path / "no-terminal"}"
 
         assert not mgr.test_scale().ok
         assert not mgr.test_terminal().ok
+
+
+def test_display_behind_a_serial_printer_end_to_end(ptys: Callable[[str], Pty]) -> None:
+    from tests.test_display import PrinterWithDisplay, wait_for_peer
+
+    port = ptys("printer")
+    cfg = config(f"""
+[devices]
+mode = "real"
+hotplug = false
+[devices.scanner]
+kind = "none"
+[devices.printer]
+kind = "serial"
+device = "{port.link}"
+[devices.drawer]
+kind = "none"
+[devices.display]
+kind = "printer"
+""")
+    peer = PrinterWithDisplay(port.master)
+    try:
+        with manager(cfg, Seen()) as mgr:
+            mgr.start(background=False)
+            health = mgr.health()
+            assert (health["printer"].health, health["display"].health) == (Health.OK, Health.OK)
+            assert mgr.display is not None and mgr.display.show_item("Water", 79, 158)
+            assert mgr.test_print().ok
+            assert mgr.test_display().ok
+            wait_for_peer(lambda: peer.display.lines[1].startswith("ÄÖÜ"))
+            wait_for_peer(lambda: b"printer test" in peer.printed)
+            assert b"Water" in peer.to_display and b"Water" not in peer.printed
+    finally:
+        peer.stop()
 
 
 def test_missing_device_recovers_with_back_off(tmp_path: Path, ptys: Callable[[str], Pty]) -> None:

@@ -36,11 +36,18 @@ def test_crc_is_crc16_kermit() -> None:
     assert zvt.crc16(b"") == 0
 
 
-# I found no example frame *with its CRC* in the parts of the ZVT specification
-# available to me (PA00P016 shows the frame layout, not a worked example). The
-# frames below were derived by hand from the spec's rules and agree byte for byte
-# with frames published independently in two open-source ZVT test suites, which
-# pins the CRC variant, the byte order (low byte first) and the DLE doubling.
+# The ZVT specification's own example frames could not be checked: PA00P016
+# revision 04 (13 July 2016) says in its revision table "Reference to trace
+# examples removed", and the "Trace Examples" chapter that revision 03 (16 April
+# 2008) lists in its table of contents was not in any copy available to us (only
+# the title and contents pages were). The frames below follow the rules of
+# PA00P016's "Serial Transport-Protocol" (block structure DLE STX, doubled DLEs,
+# DLE ETX, CRC low byte first; "CRC-Calculation") and of its chapter 3,
+# "Application-Protocol" (APDU = control field, length field, data). Each one is
+# also published, byte for byte, as a test vector of the open-source ecrterm
+# project (its data-encoding tests, which say they were taken from logs of real
+# terminals): that pins the CRC variant, the byte order and the DLE doubling
+# independently of this code.
 GOLDEN_FRAMES = [
     # Positive acknowledgement 80 00 00 (spec: "80-00-00").
     (zvt.POSITIVE_ACK, "10 02 80 00 00 10 03 F5 1F"),
@@ -48,8 +55,14 @@ GOLDEN_FRAMES = [
     (zvt.negative_ack(0x9C), "10 02 84 9C 00 10 03 C3 41"),
     # Authorization of 110.00 EUR: the amount's 0x10 byte is doubled on the line, not in the CRC.
     (zvt.authorization(11000, 978), "10 02 06 01 0A 04 00 00 00 01 10 10 00 49 09 78 10 03 F2 FF"),
+    # Registration (06 00): password 123456, config byte BA, currency EUR (09 78, no BMP tag).
+    (zvt.registration("123456", 0xBA, 978), "10 02 06 00 06 12 34 56 BA 09 78 10 03 24 C3"),
+    # Status Enquiry (05 01) with password 123456.
+    (zvt.status_enquiry("123456"), "10 02 05 01 03 12 34 56 10 03 E0 43"),
     # Initialisation 06 93 with password 123456.
     (Apdu(0x06, 0x93, hx("123456")), "10 02 06 93 03 12 34 56 10 03 CA A4"),
+    # Diagnosis 06 70 without data.
+    (Apdu(0x06, 0x70), "10 02 06 70 00 10 03 D9 F9"),
 ]
 
 
@@ -71,6 +84,27 @@ def test_golden_command_apdus() -> None:
     assert zvt.log_off().encode() == hx("06 02 00")
     assert zvt.abort(0x6C).encode() == hx("06 1E 01 6C")
     assert zvt.intermediate_status(0x0A).encode() == hx("04 FF 01 0A")
+
+
+def test_extended_length_field_is_dle_doubled_on_the_line() -> None:
+    # 272 data bytes: the length field is FF 10 01 (little-endian); its 0x10 is a DLE on the
+    # line and is doubled there, while the CRC covers the plain bytes.
+    apdu = Apdu(0x06, 0xD3, b"A" * 272)
+    assert apdu.encode()[:5] == hx("06 D3 FF 10 01")
+    wire = zvt.frame(apdu.encode())
+    assert wire[:8] == hx("10 02 06 D3 FF 10 10 01")
+    crc = zvt.crc16(apdu.encode() + b"\x03")
+    assert wire[-4:] == hx("10 03") + bytes([crc & 0xFF, crc >> 8])
+    assert zvt.unframe(wire) == apdu.encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "positive"),
+    [("80 00 00", True), ("84 00 00", True), ("84 9C 00", False), ("84 83 00", False), ("04 FF 01 0A", False)],
+)
+def test_positive_acknowledgements(raw: str, positive: bool) -> None:
+    # 84 xx carries a result code; result code 00 means "no error", so 84 00 takes the message too.
+    assert zvt.is_positive_ack(Apdu.decode(hx(raw))) is positive
 
 
 def test_reversal_frame_doubles_dle_in_receipt_number() -> None:
@@ -421,3 +455,64 @@ def test_a_closed_transport_is_unavailable() -> None:
     wire.close()
     with pytest.raises(DeviceUnavailable):
         SerialLink(wire, ack_timeout=0.01).send(b"\x80\x00\x00")
+
+
+# -- the driver against a scripted peer --------------------------------------------------------
+
+
+class ScriptedTcpPeer(LoopbackTransport):
+    """Bare APDUs (TCP framing): every command the driver writes is answered from a script."""
+
+    def __init__(self, script: dict[int, list[str]]) -> None:
+        super().__init__()
+        self.script = script
+        self.sent: list[Apdu] = []
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        apdu = Apdu.decode(data)
+        self.sent.append(apdu)
+        for answer in self.script.pop(apdu.control, []):
+            self.feed(hx(answer))
+
+
+NO_RECEIPT = ["80 00 00", "06 1E 01 83"]  # Repeat Receipt: the terminal has no transaction yet
+APPROVED = [
+    "04 0F 10 27 00 04 00 00 00 00 12 50 87 00 08 0B 00 00 42",  # status: ok, 12.50, receipt 8, trace 42
+    "06 0F 00",  # completion
+]
+
+
+def _driver(peer: ScriptedTcpPeer) -> zvt.ZvtTerminal:
+    return zvt.ZvtTerminal(lambda: peer, framing=zvt.Framing.TCP, register=False, t3=0.5, t4=0.5)
+
+
+def test_terminal_acknowledging_with_84_00_is_understood() -> None:
+    peer = ScriptedTcpPeer({zvt.REPEAT_RECEIPT: NO_RECEIPT, zvt.AUTHORIZATION: ["84 00 00", *APPROVED]})
+    terminal = _driver(peer)
+    result = terminal.authorize(1250, "EUR", "sale-1")
+    assert (result.approved, result.amount, result.reference) == (True, 1250, "ZVT:-:0008:000042")
+    assert [a.control for a in peer.sent].count(zvt.AUTHORIZATION) == 1
+    terminal.close()
+
+
+def test_stray_acknowledgement_mid_transaction_gets_no_answer() -> None:
+    # A late 84 9C arrives between the acknowledgement and the status: it is a response,
+    # and responses are never acknowledged (answering it would put the peers out of step).
+    peer = ScriptedTcpPeer({zvt.REPEAT_RECEIPT: NO_RECEIPT, zvt.AUTHORIZATION: ["80 00 00", "84 9C 00", *APPROVED]})
+    terminal = _driver(peer)
+    assert terminal.authorize(1250, "EUR", "sale-1").approved
+    after = peer.sent[[a.control for a in peer.sent].index(zvt.AUTHORIZATION) + 1 :]
+    assert after == [zvt.POSITIVE_ACK, zvt.POSITIVE_ACK]  # one for the status, one for the completion
+    terminal.close()
+
+
+def test_refused_command_is_a_clear_error_and_charges_nothing() -> None:
+    peer = ScriptedTcpPeer({zvt.REPEAT_RECEIPT: NO_RECEIPT, zvt.AUTHORIZATION: ["84 83 00"]})
+    terminal = _driver(peer)
+    with pytest.raises(zvt.ZvtRejected, match="refused the authorization: function not possible") as info:
+        terminal.authorize(1250, "EUR", "sale-1")
+    assert info.value.code == 0x83
+    assert terminal.pending is None
+    assert terminal.health.health.value == "degraded"
+    terminal.close()

@@ -108,6 +108,21 @@ def test_approve(link: tuple[ZvtSimulator, ZvtTerminal]) -> None:
     assert sim.received[:3] == [zvt.REGISTRATION, zvt.REPEAT_RECEIPT, zvt.AUTHORIZATION]
 
 
+@pytest.mark.parametrize("kind", ["pty", "tcp"])
+def test_terminal_that_acknowledges_with_84_00(kind: str) -> None:
+    # Some terminals take a command with 84 00 00 (result code 00, "no error") instead of 80 00 00.
+    sim, terminal = _open(kind, STEADY, acknowledgement=zvt.Apdu(0x84, 0x00))
+    try:
+        result = terminal.authorize(1250, "EUR", "sale-1")
+        assert result.approved
+        assert_matches_terminal(result, sim)
+        assert terminal.health.health is Health.OK
+    finally:
+        terminal.close()
+        sim.close()
+    assert sim.errors == []
+
+
 def test_decline(link: tuple[ZvtSimulator, ZvtTerminal]) -> None:
     sim, terminal = link
     sim.script(SimOutcome.decline(0x05))
