@@ -530,7 +530,7 @@ DrawerKind = Literal["printer", "gpio", "companion", "none"]
 DrawerSensorKind = Literal["none", "printer", "gpio", "companion"]
 TerminalKind = Literal["zvt-serial", "zvt-tcp", "none"]
 BadgeKind = Literal["evdev", "none"]
-DisplayKind = Literal["serial", "none"]
+DisplayKind = Literal["serial", "printer", "none"]
 ScaleKind = Literal["serial", "none"]
 CompanionKind = Literal["usb", "none"]
 KeyboardLayout = Literal["us", "de"]
@@ -772,10 +772,16 @@ class TerminalSection(Table):
         allowed="six digits",
     )
     ack_timeout_seconds: Decimal = decimal(
-        "ZVT time-out T3: wait for the acknowledgement of a message, in seconds.", Decimal(5), lo=Decimal("0.5"), hi=60
+        "ZVT time-out T3: wait for the terminal's acknowledgement (80 00 / 84 xx) of a command, in seconds.",
+        Decimal(5),
+        lo=Decimal("0.5"),
+        hi=60,
     )
     response_timeout_seconds: Decimal = decimal(
-        "ZVT time-out T4: longest silence inside a running payment, in seconds.", Decimal(180), lo=10, hi=600
+        "ZVT time-out T4: longest silence between that acknowledgement and the completion, in seconds.",
+        Decimal(180),
+        lo=10,
+        hi=600,
     )
 
     def _check(self, given: frozenset[str]) -> Iterator[tuple[str, str]]:
@@ -807,7 +813,12 @@ class BadgeSection(Table):
 class DisplaySection(Table):
     """[devices.display]: the customer pole display (Epson command set)."""
 
-    kind: DisplayKind = choice("serial for a VFD/LCD pole display, or none.", "none", get_args(DisplayKind))
+    kind: DisplayKind = choice(
+        "serial for a VFD/LCD pole display on its own port; printer for one daisy-chained behind the receipt "
+        "printer (frames go through the printer, selected with ESC =); or none.",
+        "none",
+        get_args(DisplayKind),
+    )
     device: str = _device_path("Serial port of the display.", "/dev/tillbox/display")
     baudrate: int = _baudrate()
     columns: int = integer("Characters per row.", 20, lo=8, hi=40)
@@ -900,6 +911,8 @@ class DevicesSection(Table):
         drawer, printer = self.drawer, self.printer
         if drawer.kind == "printer" and printer.kind == "none":
             yield "drawer.kind", 'kicking through the printer needs [devices.printer] kind other than "none"'
+        if self.display.kind == "printer" and printer.kind == "none":
+            yield "display.kind", 'a display behind the printer needs [devices.printer] kind other than "none"'
         no_status = printer.kind in ("none", "file") or not printer.status_check
         if drawer.kind != "none" and drawer.sensor == "printer" and no_status:
             yield "drawer.sensor", "reading the drawer through the printer needs a printer with status_check"
@@ -921,7 +934,7 @@ class DevicesSection(Table):
             "printer": self.printer.device if self.printer.kind in ("serial", "file") else "",
             "terminal": self.terminal.device if self.terminal.kind == "zvt-serial" else "",
             "badge": self.badge.device if self.badge.kind != "none" else "",
-            "display": self.display.device if self.display.kind != "none" else "",
+            "display": self.display.device if self.display.kind == "serial" else "",
             "scale": self.scale.device if self.scale.kind != "none" else "",
             "companion": self.companion.device if self.companion.kind != "none" else "",
         }
@@ -979,6 +992,20 @@ class SyncSection(Table):
     )
     reconcile_minutes: int = integer(
         "Interval of the stock and sequence reconciliation with the shop.", 60, lo=1, hi=10080
+    )
+    catalog_max_age_hours: int = integer(
+        "Alert (sync.catalog_stale) when the catalog from the shop has not been confirmed current for this many "
+        "hours; 0 turns the warning off.",
+        24,
+        lo=0,
+        hi=8760,
+    )
+    customer_cache_days: int = integer(
+        "Days a customer record from the shop stays on this till (only with the customer's consent) after the "
+        "shop last confirmed it.",
+        30,
+        lo=1,
+        hi=90,
     )
 
     def _check(self, given: frozenset[str]) -> Iterator[tuple[str, str]]:
@@ -1041,6 +1068,70 @@ class ReturnsSection(Table):
 
 
 @dataclass(frozen=True, kw_only=True)
+class OrdersSection(Table):
+    """[orders]: pickup and ship-from-store orders from the online shop."""
+
+    hold_days: int = integer(
+        "Days a pickup order is held once it is ready, when the shop gives no hold_until.", 7, lo=1, hi=90
+    )
+    expire: bool = boolean("This till expires uncollected pickup orders after their hold (freeing their stock).",
+                           True)  # fmt: skip
+    expiry_check_minutes: int = integer("How often this till looks for orders past their hold, in minutes.", 5,
+                                        lo=1, hi=1440)  # fmt: skip
+    code_attempts: int = integer(
+        "Wrong pickup codes accepted for one order before only an ID check can hand it over.", 5, lo=1, hi=20
+    )
+    id_check: bool = boolean("Staff may hand an order over after checking the customer's ID instead of the code.",
+                             True)  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredValueSection(Table):
+    """[stored_value]: gift cards and store credit; the shop's hub holds the balances (docs/accounts.md)."""
+
+    offline_limit_per_card: int = money(
+        "Most this till takes from one gift card or store credit account while the shop cannot be reached "
+        "(offline redemptions not yet confirmed by the shop); 0 refuses offline redemptions.", "50.00", lo=0
+    )
+    offline_limit_per_till: int = money(
+        "Most this till takes from all gift cards and store credit together while offline (not yet confirmed).",
+        "200.00", lo=0,
+    )  # fmt: skip
+    request_timeout: int = integer("Seconds to wait for the shop's answer to a balance or redemption.", 3, lo=1, hi=30)
+    retries: int = integer(
+        "Times an unanswered redemption is asked again with the same id before the till treats it as offline.",
+        1, lo=0, hi=5,
+    )  # fmt: skip
+    gift_card_sku: str = text(
+        "SKU of the line that sells or tops up a gift card.", "GIFTCARD", pattern=r"[\x21-\x7e]{1,64}",
+        allowed="1-64 printable characters without spaces",
+    )  # fmt: skip
+    gift_card_tax_class: str = text("Tax class of gift card lines (a class without rates: vouchers are not taxed).",
+                                    "exempt")  # fmt: skip
+    max_gift_card: int = money("Largest amount a gift card can be sold or topped up with at the till.", "500.00", lo=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoyaltySection(Table):
+    """[loyalty]: points earned on sales and redeemed as a tender; the shop's hub holds the balances."""
+
+    enabled: bool = boolean("Earn points on sales with a customer attached, and take points as payment.", False)
+    points_per_unit: Decimal = decimal("Points earned per whole currency unit spent (rounded down per sale).",
+                                       Decimal(1), lo=0, hi=1000)  # fmt: skip
+    point_value: int = integer("What one point pays when redeemed, in minor units (1: 0.01 EUR).", 1, lo=1,
+                               hi=1_000_000)  # fmt: skip
+    min_redeem_points: int = integer("Fewest points that can be redeemed at once.", 1, lo=1, hi=1_000_000)
+    excluded_departments: tuple[str, ...] = text_list("Departments that earn no points.")
+    excluded_tax_classes: tuple[str, ...] = text_list("Tax classes that earn no points.")
+    offline_limit_per_customer: int = integer(
+        "Most points this till redeems for one customer while the shop cannot be reached; 0 refuses.", 500,
+        lo=0, hi=10_000_000,
+    )  # fmt: skip
+    offline_limit_per_till: int = integer("Most points this till redeems in all while offline (not yet confirmed).",
+                                          2000, lo=0, hi=100_000_000)  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
 class ReceiptSection(Table):
     """[receipt]: what receipts show beyond the sale."""
 
@@ -1067,7 +1158,10 @@ class Config(Table):
     sale: SaleSection = section(SaleSection, "Plausibility limits for sales.")
     staff: StaffSection = section(StaffSection, "Staff logins, lockout and approvals.")
     returns: ReturnsSection = section(ReturnsSection, "Returns, refunds and exchanges.")
+    orders: OrdersSection = section(OrdersSection, "Pickup and ship-from-store orders from the online shop.")
     receipt: ReceiptSection = section(ReceiptSection, "Receipt footer and digital receipts.")
+    stored_value: StoredValueSection = section(StoredValueSection, "Gift cards and store credit.")
+    loyalty: LoyaltySection = section(LoyaltySection, "Loyalty points.")
     ledger: LedgerSection = section(LedgerSection, "The local SQLite ledger.")
     devices: DevicesSection = section(DevicesSection, "Peripheral devices.")
     sync: SyncSection = section(SyncSection, "Synchronisation with the store server over MQTT.")
@@ -1136,6 +1230,9 @@ class Config(Table):
                     f"barcodes.variable_measure[{i}].value_decimals",
                     f"{layout.value_decimals} is more than {self.currency.code} has ({exponent})",
                 )
+        gift_class = self.tax.classes.get(self.stored_value.gift_card_tax_class)
+        if "stored_value" in given and (gift_class is None or gift_class.rates):
+            yield "stored_value.gift_card_tax_class", "must name a tax class without rates (gift cards are not taxed)"
 
 
 # --------------------------------------------------------------------------- parsing

@@ -325,6 +325,7 @@ class Daemon:
         self.till: Till | None = None
         self.devices: Devices = Devices()
         self.sync: Any = None  # sync.service.SyncService when enabled
+        self.orders: Any = None  # appliance.orders.Orders once started
         from kiosk_ui.auth import Approvals, KioskKey, Sessions
 
         self.sessions = Sessions(config.staff.session_minutes * 60.0, self.clock.monotonic)
@@ -394,6 +395,7 @@ class Daemon:
             self._start_sync()
             self._tasks = [asyncio.create_task(self._input_loop(), name="tillbox-inputs"),
                            asyncio.create_task(self._health_loop(), name="tillbox-health")]  # fmt: skip
+            self._start_orders()
         except BaseException:
             logging.getLogger().removeHandler(self.logs)
             raise
@@ -403,6 +405,16 @@ class Daemon:
                  self.config.store.id, self.config.store.device_id, self.till.catalog.count(),
                  ", ".join(self._health) or "none",
                  "on" if self.sync is not None else "off")  # fmt: skip
+
+    def _start_orders(self) -> None:
+        """The pickup queue (appliance/orders.py); this till expires overdue orders when ``[orders] expire``."""
+        from appliance.orders import Orders, expire_periodically
+
+        self.orders = Orders(self.t)
+        if self.orders.policy.expire:
+            task = expire_periodically(self.orders, interval=self.orders.policy.expiry_check_minutes * 60.0,
+                                       on_expired=lambda ids: self.hub.publish("orders", ids=ids, status="expired"))
+            self._tasks.append(asyncio.create_task(task, name="tillbox-orders"))
 
     def _apply_remote_config(self, ledger: Any) -> None:
         """Lay the shop's accepted desired config (``sync_docs``) over the file config, validated as a whole."""
@@ -435,6 +447,9 @@ class Daemon:
             commands={"open_drawer": self._remote("open_drawer"), "reprint": self._remote("reprint")},
         ).start()  # fmt: skip
         self.t.returns.lookup = self.sync.lookup_sale  # returns of other tills' sales and online orders
+        self.t.stored_value.remote = self.t.loyalty.remote = self.sync.request  # the hub: docs/accounts.md
+        self.t.customers.remote = self.sync.request  # the shop's customer record (appliance/customers.py)
+        self.t.customers.cache_days = self.config.sync.customer_cache_days
 
     def _remote(self, name: str) -> Callable[[Mapping[str, Any]], Mapping[str, Any]]:
         """A sync command handler (runs on the sync thread) that does its work on the loop."""
@@ -475,6 +490,8 @@ class Daemon:
             sync, self.sync = self.sync, None
             if self.till is not None:
                 self.till.returns.lookup = None
+                self.till.stored_value.remote = self.till.loyalty.remote = None
+                self.till.customers.remote = None
             await loop.run_in_executor(None, sync.close)
         for ex in (self._printer_exec, self._display_exec):
             await loop.run_in_executor(None, ex.shutdown)
@@ -546,6 +563,16 @@ class Daemon:
         if session is None:
             self.hub.publish("notice", level="error", code="login_required",
                              message="scan ignored: log in first")  # fmt: skip
+            return
+        if code[:5].upper() == "TBC1:":  # a customer's QR code from the shop's app (appliance/customers.py)
+            from kiosk_ui.customers import scanned
+
+            await scanned(self, session, code)
+            return
+        if code[:4].upper() == "TBO:":  # an order's QR code (appliance/orders.py): the pickup queue opens it
+            from kiosk_ui.orders import scanned as order_scanned
+
+            order_scanned(self, session, code)
             return
         try:
             await self.add_item(session, code=code)
@@ -627,7 +654,8 @@ class Daemon:
             return {"status": "starting", "devices": {}, "version": __version__}
         bad = [h for h in self._health.values() if h["health"] != str(Health.OK)]
         sync = None if self.sync is None else ("connected" if self.sync.link.connected else "offline")
-        return {"status": "degraded" if bad else "ok", "devices": self._health, "version": __version__, "sync": sync}
+        return {"status": "degraded" if bad else "ok", "devices": self._health, "version": __version__, "sync": sync,
+                "alerts": [a["code"] for a in self._alerts]}
 
     async def _health_loop(self) -> None:
         watchdog = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
@@ -1276,7 +1304,7 @@ class Daemon:
         return [self._item(self.t.catalog.by_sku(str(r[0]))) for r in rows]
 
     def promotions(self) -> list[str]:
-        return [p.name for p in self.t.policy().promotions if p.coupon is None]
+        return [p.name for p in self.t.policy().promotions if p.coupon is None and p.runs_in("store")]
 
     def add_customer(self, session: Any, name: str, email: str | None, phone: str | None,
                      consent: bool) -> dict[str, Any]:  # fmt: skip

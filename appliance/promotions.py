@@ -16,7 +16,9 @@ Promotion kinds
 * :class:`SpendThreshold` - amount or percent off the (targeted) lines once their
   subtotal after item-level promotions reaches ``threshold``.
 
-Any kind may carry a :class:`Window` and a coupon code (matched case-insensitively).
+Any kind may carry a :class:`Window` and a coupon code (matched case-insensitively), and
+name the sales channels it runs in (``channels``; none: every channel). A till evaluates
+with ``PromoContext.channel == "store"``, so an online-only promotion never applies there.
 Weighed lines (and counted lines with a fractional quantity) take unit offers per kg
 (or unit of measure) but never count as units for multi-buy or buy-X-get-Y.
 Ineligible lines (e.g. price overrides) and lines with a non-positive amount, price or
@@ -214,12 +216,14 @@ def _check_target(value: object, what: str) -> None:
 
 @dataclass(frozen=True)
 class _PromotionBase:
-    """Fields shared by every promotion kind (window and coupon are keyword-only)."""
+    """Fields shared by every promotion kind (window, coupon and channels are keyword-only)."""
 
     id: str
     name: str
     window: Window = field(default=_ALWAYS, kw_only=True)
     coupon: str | None = field(default=None, kw_only=True)
+    #: Sales channels the promotion runs in ("store", "online", ...); empty: every channel.
+    channels: frozenset[str] = field(default=frozenset(), kw_only=True)
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id.strip():
@@ -230,6 +234,11 @@ class _PromotionBase:
             raise InputError(f"promotion {self.id!r}: window must be a Window")
         if self.coupon is not None and (not isinstance(self.coupon, str) or not self.coupon.strip()):
             raise InputError(f"promotion {self.id!r}: coupon must be a non-empty string or None")
+        _check_names(self.channels, f"promotion {self.id!r}: channels")
+
+    def runs_in(self, channel: str) -> bool:
+        """Whether the promotion runs in a sales channel (it runs in every one when none are named)."""
+        return not self.channels or channel in self.channels
 
     def _what(self, name: str) -> str:
         return f"promotion {self.id!r}: {name}"
@@ -366,11 +375,12 @@ class PromoLine:
 
 @dataclass(frozen=True)
 class PromoContext:
-    """When and where the cart is evaluated: an aware ``now``, the store zone, entered coupons."""
+    """When and where the cart is evaluated: an aware ``now``, the store zone, entered coupons, the channel."""
 
     now: datetime
     tz: tzinfo
     coupons: frozenset[str] = frozenset()
+    channel: str = "store"
 
     def __post_init__(self) -> None:
         if not isinstance(self.now, datetime) or not _aware(self.now):
@@ -405,7 +415,9 @@ class PromoResult:
 
 
 def is_active(promotion: Promotion, ctx: PromoContext) -> bool:
-    """Whether a promotion's window contains ``ctx.now`` and its coupon (if any) was entered."""
+    """Whether a promotion runs in ``ctx.channel``, its window contains ``ctx.now`` and its coupon was entered."""
+    if not promotion.runs_in(ctx.channel):
+        return False
     if promotion.coupon is not None and promotion.coupon.casefold() not in {c.casefold() for c in ctx.coupons}:
         return False
     return promotion.window._contains(ctx.now, ctx.now.astimezone(ctx.tz))
@@ -976,6 +988,8 @@ def evaluate(lines: Sequence[PromoLine], promotions: Sequence[Promotion], ctx: P
     for p in promos:
         if p.coupon is not None and p.coupon.casefold() not in coupons:
             continue
+        if p.channels and ctx.channel not in p.channels:
+            continue
         if p.window is not _ALWAYS and not p.window._contains(ctx.now, local_now):
             continue
         if isinstance(p, PercentOff):
@@ -1164,7 +1178,7 @@ _KIND_OF: dict[type, str] = {
     BuyXGetY: "buy_x_get_y",
     SpendThreshold: "spend_threshold",
 }
-_COMMON_KEYS = frozenset({"id", "name", "kind", "window", "coupon"})
+_COMMON_KEYS = frozenset({"id", "name", "kind", "window", "coupon", "channels"})
 # kind -> (required keys, optional keys)
 _KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "percent_off": (frozenset({"target", "percent"}), frozenset()),
@@ -1312,6 +1326,9 @@ def promotion_from_dict(d: Mapping[str, Any], currency: Currency) -> Promotion:
     if window is not None:
         common["window"] = window
     common["coupon"] = get("coupon", _text)
+    channels = get("channels", _names)
+    if channels:
+        common["channels"] = channels
     if kind in ("percent_off", "amount_off", "multi_buy") and d.get("target") is None:
         raise InputError(f"{what}: target must be an object")
     if kind == "percent_off":
@@ -1404,4 +1421,6 @@ def promotion_to_dict(p: Promotion, currency: Currency) -> dict[str, Any]:
         out["window"] = _window_to(p.window)
     if p.coupon is not None:
         out["coupon"] = p.coupon
+    if p.channels:
+        out["channels"] = sorted(p.channels)
     return out

@@ -170,6 +170,8 @@ class Returns:
             ln = by_no[req.line]
             if ln["voided"]:
                 raise SaleError(f"line {req.line} was voided; there is nothing to refund")
+            if ln.get("department") == "gift_card":  # appliance.stored_value.GIFT_CARD_DEPARTMENT
+                raise SaleError(f"line {req.line} is a gift card; its value stays on the card")
             sold = Decimal(ln["qty"])
             qty_done, amount_done, tax_done = done.get(req.line, (Decimal(0), 0, 0))
             if req.qty <= 0:
@@ -240,11 +242,21 @@ class Returns:
             prior = self._card_refunded(plan.original["id"])
             for t in plan.original["tenders"]:
                 kind = t["kind"]
-                if due <= 0 or kind not in (TenderKind.CARD, TenderKind.STORE_CREDIT, TenderKind.GIFT_CARD):
+                if due <= 0 or kind not in (TenderKind.CARD, TenderKind.STORE_CREDIT, TenderKind.GIFT_CARD,
+                                            TenderKind.LOYALTY):  # fmt: skip
                     continue
                 room = t["amount"] - prior.get(t.get("reference") or "", 0)
                 part = min(room, due)
                 if part <= 0:
+                    continue
+                if kind == TenderKind.LOYALTY:  # back onto the customer's points (else cash, below)
+                    from appliance.loyalty import points_for_refund
+
+                    points = points_for_refund(t, part)
+                    if points > 0:
+                        refunds.append({"kind": kind, "amount": part, "reference": t.get("reference"),
+                                        "original_reference": t.get("reference"), "points": points})  # fmt: skip
+                        due -= part
                     continue
                 if kind != TenderKind.CARD:  # back onto the same store credit or gift card account
                     refunds.append({"kind": kind, "amount": part, "reference": t.get("reference"),
@@ -271,7 +283,7 @@ class Returns:
         )
         for (payload,) in rows:
             for t in json.loads(payload)["refunds"]:
-                if t["kind"] in ("card", "store_credit", "gift_card") and t.get("original_reference"):
+                if t["kind"] in ("card", "store_credit", "gift_card", "loyalty") and t.get("original_reference"):
                     out[t["original_reference"]] = out.get(t["original_reference"], 0) + t["amount"]
         return out
 
@@ -378,7 +390,12 @@ def write_return(tx: Tx, doc: dict[str, Any]) -> int:
             from appliance.stored_value import move
 
             move(tx, r["kind"], str(r["reference"]), int(r["amount"]), time=time, reason="return", ref=doc["id"],
-                 journal_seq=entry.seq, currency=doc["currency"])  # fmt: skip
+                 journal_seq=entry.seq, currency=doc["currency"], actor=doc["cashier"],
+                 op="refund" if r.get("original_reference") else "issue")  # fmt: skip
+        elif r["kind"] == "loyalty":
+            from appliance.loyalty import refund_points
+
+            refund_points(tx, r, time=time, ref=doc["id"], journal_seq=entry.seq, actor=doc["cashier"])
     tx.emit(NewEvent("tillbox.return.completed", doc, subject=doc["id"]), time=time, journal_seq=entry.seq)
     if moves:
         tx.emit(NewEvent("tillbox.stock.moved", {"reason": "return", "return_id": doc["id"], "moves": moves}),

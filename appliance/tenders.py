@@ -19,6 +19,7 @@ class TenderKind(StrEnum):
     CARD = "card"
     GIFT_CARD = "gift_card"
     STORE_CREDIT = "store_credit"
+    LOYALTY = "loyalty"  # points redeemed as payment (appliance/loyalty.py)
     EXCHANGE = "exchange"
 
 

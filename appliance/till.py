@@ -22,10 +22,10 @@ from appliance.clock import Clock, SystemClock, iso_utc
 from appliance.config import Config
 from appliance.customers import Customers
 from appliance.errors import InputError, PaymentDeclined, SaleError, TenderError, TillboxError
-from appliance.ledger import CommittedSale, Ledger, NewEvent
+from appliance.ledger import CommittedSale, Ledger, NewEvent, Tx
 from appliance.receipt import Receipt, StoreInfo, return_receipt, sale_receipt
 from appliance.returns import ReturnPlan, Returns, write_return
-from appliance.sale import Sale, SalePolicy, ScanInfo
+from appliance.sale import Line, Sale, SalePolicy, ScanInfo
 from appliance.shifts import Shifts
 from appliance.staff import Action, Approval, LockoutPolicy, StaffStore
 from appliance.tenders import PaymentTerminal, Tender, TenderKind
@@ -88,6 +88,12 @@ class Till:
         self.shifts = Shifts(ledger, self.currency)
         self.customers = Customers(ledger)
         self.returns = Returns(ledger, self.currency, config.tax_policy(), store_device=config.store.device_id)
+        from appliance.loyalty import Loyalty
+        from appliance.stored_value import StoredValue
+
+        # gift cards, store credit, loyalty; their ``remote`` is set when sync runs (docs/accounts.md)
+        self.stored_value = StoredValue.from_config(ledger, config, clock=self.clock)
+        self.loyalty = Loyalty.from_config(ledger, config, clock=self.clock)
         store = config.store
         self.store_info = StoreInfo(
             name=store.name, address=store.address, tax_id=store.tax_id, timezone=store.timezone,
@@ -168,21 +174,25 @@ class Till:
         return sale.pay_electronic(TenderKind.CARD, result.amount, result.reference, detail)
 
     def pay_stored_value(self, sale: Sale, account: str, amount: int | None = None) -> Tender:
-        """Pay with store credit or a gift card; the balance is debited when the sale commits."""
-        from appliance.stored_value import StoredValue
+        """Pay with store credit or a gift card: through the hub, offline within limits, or from the local balance."""
+        return self.stored_value.pay(sale, account, amount)
 
-        balance = StoredValue(self.ledger, self.currency.code).get(account)
-        if balance.currency != self.currency.code:
-            raise TenderError(f"{balance.account} holds {balance.currency}, not {self.currency.code}")
-        due = sale.totals().due
-        already = sum(t.amount for t in sale.tenders if t.reference == balance.account)
-        available = balance.balance - already
-        if available <= 0:
-            raise TenderError(f"{balance.account} has no balance left")
-        amount = min(due, available) if amount is None else amount
-        if amount > available:
-            raise TenderError(f"{balance.account} has only {self.currency.plain(available)}")
-        return sale.pay_electronic(TenderKind(balance.kind), amount, balance.account)
+    def pay_points(self, sale: Sale, points: int | None = None) -> Tender:
+        """Pay with the loyalty points of the sale's customer (default: as many as the due amount takes)."""
+        return self.loyalty.pay(sale, points)
+
+    def sell_gift_card(self, sale: Sale, amount: int, account: str | None = None) -> Line:
+        """Add a gift card (new, or a top-up of ``account``) to the sale; it is credited when the sale completes."""
+        return self.stored_value.card_line(sale, amount, account)
+
+    def write_sale(self, tx: Tx, doc: dict[str, Any]) -> CommittedSale:
+        """Write a completed sale in ``tx`` with its account movements (gift cards, points) checked and recorded."""
+        self.stored_value.precheck(tx, doc)
+        self.loyalty.precheck(tx, doc)
+        committed = tx.write_sale(doc)
+        self.stored_value.activate(tx, doc, committed.journal.seq)
+        self.loyalty.record_sale(tx, doc, committed.journal.seq)
+        return committed
 
     def complete(self, sale: Sale) -> Completed:
         """Complete and durably commit a sale (one transaction); needs an open shift."""
@@ -190,7 +200,8 @@ class Till:
         sale.shift_id = shift.id
         doc = sale.complete(self.clock.now())
         try:
-            committed = self.ledger.commit_sale(doc)
+            with self.ledger.transaction("committing sale") as tx:
+                committed = self.write_sale(tx, doc)
         except TillboxError:
             sale.state, sale.completed_at = "open", None  # nothing was written: the sale can be fixed and retried
             raise
@@ -267,7 +278,7 @@ class Till:
         try:
             with self.ledger.transaction("committing exchange") as tx:
                 ret["number"] = write_return(tx, ret)
-                committed = tx.write_sale(sale_doc)
+                committed = self.write_sale(tx, sale_doc)
         except TillboxError:
             self._undo_card_refunds(refunds)
             sale.state = "open"
@@ -311,6 +322,8 @@ class Till:
             "sale.voided", doc, time=time, actor=actor, approver=approver,
             events=[NewEvent("tillbox.sale.voided", doc, subject=sale.id)],
         )  # fmt: skip
+        self.stored_value.reverse(sale, actor=actor)  # what the hub took is given back (docs/accounts.md)
+        self.loyalty.reverse(sale, actor=actor)
 
     def suspend(self, sale: Sale) -> None:
         """Park a sale durably; it can be resumed on this till after a restart."""

@@ -148,10 +148,13 @@ def _open_shift(till: Till) -> None:
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
-    """Both sync benchmarks; ``quick`` uses small sizes for a smoke run."""
+    """The sync benchmarks and :mod:`bench.omni`; ``quick`` uses small sizes for a smoke run."""
     with tempfile.TemporaryDirectory(prefix="tillbox-bench-sync-") as tmp:
         root = Path(tmp)
-        return [drain(root, 5_000 if quick else 100_000), latency(root, 30 if quick else 300)]
+        results = [drain(root, 5_000 if quick else 100_000), latency(root, 30 if quick else 300)]
+    from bench import omni  # a price change reaching two tills (bench/omni.py)
+
+    return [*results, *omni.run(quick)]
 
 
 if __name__ == "__main__":

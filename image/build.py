@@ -264,14 +264,21 @@ def customize(root: Path, work: Path) -> None:
         if target.is_symlink():
             target.unlink()
         _write(root, path, file)
+    for path, dest in recipe.root_links(arch).items():
+        link = root / path.lstrip("/")
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(dest)
     for key in ctx["update_keys"]:
         shutil.copy2(key, root / "etc/tillbox/update-keys" / Path(key).name)
     installed = install_units(root)
     _chroot(root, "systemd-sysusers", log=log)
+    _chroot(root, "locale-gen", log=log)
     install_appliance(root, work / "wheels", version, log)
     help_text = _chroot(root, f"{recipe.INSTALL_ROOT}/current/bin/tillbox", "--help", log=log)
     _chroot(root, "systemctl", "enable", *recipe.ENABLE, log=log)
-    _chroot(root, "systemctl", "mask", *recipe.MASK, log=log)
+    _chroot(root, "systemctl", "mask", *recipe.MASK, *recipe.target(arch).mask, log=log)
     _chroot(root, "systemctl", "set-default", "graphical.target", log=log)
     (root / recipe.DATA_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
     make_initrd(root, log)
@@ -292,6 +299,53 @@ def _commands(help_text: str) -> list[str]:
         if line.startswith("    ") and not line.startswith("     "):
             names.append(line.split()[0])
     return names
+
+
+#: Firmware files each supported Pi needs on the boot partition, and the device tree it loads
+#: with ``upstream_kernel=1`` (the mainline names that Debian's kernel ships).
+PI_BOARDS = {
+    "Pi 3": ("bootcode.bin", "start.elf", "fixup.dat", "bcm2837-rpi-3-b.dtb"),
+    "Pi 3+": ("bootcode.bin", "start.elf", "fixup.dat", "bcm2837-rpi-3-b-plus.dtb"),
+    "Pi 4": ("start4.elf", "fixup4.dat", "bcm2711-rpi-4-b.dtb"),
+    "Pi 400": ("start4.elf", "fixup4.dat", "bcm2711-rpi-400.dtb"),
+    "CM4": ("start4.elf", "fixup4.dat", "bcm2711-rpi-cm4-io.dtb"),
+}
+
+
+def pi_boot_problems(boot: Path, disk_id: int) -> list[str]:
+    """What would stop the Pi firmware booting this boot partition, as far as files can tell.
+
+    config.txt must select 64-bit mode and name a kernel and an initrd that are there;
+    cmdline.txt must be one line whose root= is the root partition's PARTUUID; each board
+    needs its firmware and device tree.
+    """
+    problems = []
+    try:
+        config = (boot / "config.txt").read_text(encoding="utf-8")
+        cmdline = (boot / "cmdline.txt").read_text(encoding="utf-8")
+    except OSError as exc:
+        return [f"cannot read {exc.filename}: {exc.strerror}"]
+    settings = [ln.strip() for ln in config.split("\n[", 1)[0].splitlines() if ln.strip() and ln[0] != "#"]
+    if "arm_64bit=1" not in settings:
+        problems.append("config.txt does not set arm_64bit=1")
+    kernel = next((ln.split("=", 1)[1] for ln in settings if ln.startswith("kernel=")), None)
+    initrd = next((ln.split()[1] for ln in settings if ln.startswith("initramfs ")), None)
+    for what, name in (("kernel=", kernel), ("initramfs", initrd)):
+        if name is None:
+            problems.append(f"config.txt has no {what} line")
+        elif not (boot / name).is_file():
+            problems.append(f"config.txt names {name}, which is not on the boot partition")
+    if cmdline.count("\n") != 1 or not cmdline.endswith("\n"):
+        problems.append("cmdline.txt must be exactly one line")
+    root = [a for a in cmdline.split() if a.startswith("root=")]
+    want = f"root=PARTUUID={recipe.partuuid(disk_id, 2)}"
+    if root != [want]:
+        problems.append(f"cmdline.txt has {' '.join(root) or 'no root='}, not {want}")
+    for board, files in PI_BOARDS.items():
+        missing = [f for f in files if not (boot / f).is_file()]
+        if missing:
+            problems.append(f"{board} needs {', '.join(missing)}")
+    return problems
 
 
 # -- filesystems and the image -------------------------------------------------------------------
@@ -456,6 +510,10 @@ def build(arch: str, out: Path, *, suite: str = recipe.SUITE, mirror: str = reci
     shutil.copy2(initrd, stem.with_name(stem.name + ".initrd.img"))
     boot_src = work / "boot"
     shutil.move(root / recipe.BOOT_DIR.lstrip("/"), boot_src)
+    if recipe.target(arch).raspi:
+        problems = pi_boot_problems(boot_src, recipe.DISK_ID)
+        if problems:
+            raise BuildError("the Pi boot partition is inconsistent: " + "; ".join(problems))
     (root / recipe.BOOT_DIR.lstrip("/")).mkdir()
     data_src = work / "data"
     data_src.mkdir(mode=0o700)

@@ -212,17 +212,43 @@ def fat_get(img: Path, offset: int, name: str) -> bytes | None:
 
 
 def extract_partition(img: Path, offset: int, size: int, out: Path) -> Path:
-    """Copy one partition out of the image (to read it with debugfs)."""
+    """Copy one partition out of the image (to read it with debugfs); all-zero blocks stay holes."""
+    chunk = 1 << 20
+    zero = bytes(chunk)
     with img.open("rb") as fin, out.open("wb") as fout:
+        fout.truncate(size)
         fin.seek(offset)
-        left = size
-        while left:
-            block = fin.read(min(left, 1 << 20))
+        pos = 0
+        while pos < size:
+            block = fin.read(min(size - pos, chunk))
             if not block:
                 break
-            fout.write(block)
-            left -= len(block)
+            if block != zero[: len(block)]:
+                fout.seek(pos)
+                fout.write(block)
+            pos += len(block)
     return out
+
+
+def contains(path: Path, needle: bytes, start: int = 0, end: int | None = None, chunk: int = 1 << 20) -> bool:
+    """Whether ``needle`` occurs in ``path[start:end]``, reading only the allocated parts of a sparse file."""
+    end = path.stat().st_size if end is None else end
+    with path.open("rb") as fh:
+        pos = start
+        while pos < end:
+            try:
+                pos = os.lseek(fh.fileno(), pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after pos
+                return False
+            hole = min(os.lseek(fh.fileno(), pos, os.SEEK_HOLE), end)
+            while pos < hole:
+                fh.seek(pos)
+                # overlap the next chunk so a needle across the boundary is found
+                if needle in fh.read(min(chunk, hole - pos) + len(needle) - 1)[: end - pos]:
+                    return True
+                pos += chunk
+            pos = max(pos, hole)
+    return False
 
 
 def ext4_read(fs: Path, path: str) -> bytes | None:

@@ -6,6 +6,8 @@ tests read the same text. Layout of a built image (MBR, so the Pi 3 boot ROM can
     p1  FAT32  TB_BOOT  /boot/firmware    firmware, kernel, config.txt, cmdline.txt, provisioning file
     p2  ext4   TB_ROOT  /                 read-only Debian root with the appliance in /opt/tillbox
     p3  ext4   TB_DATA  /var/lib/tillbox  ledger, identity, config, sync outbox (the only persistent state)
+
+p3 is the last partition: on the first boot on a larger card it grows to the card's end.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import textwrap
 from dataclasses import dataclass
 
 from appliance.errors import ConfigError
+from appliance.provision import OS_LOCALES, SYSTEM_DIR, WIFI_INTERFACE
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -27,6 +30,8 @@ PROVISION_FILE = "tillbox-provision.toml"
 HOSTNAME = "tillbox"
 #: The MBR disk identifier; partitions are found by PARTUUID ``<disk id>-<nn>``.
 DISK_ID = 0x7B11B0C5
+#: Where tillbox-settings.service writes what the read-only root's /etc links point at.
+RUN_SETTINGS = "/run/tillbox-system"
 #: Fixed ids so the data partition's owner is the same on every image.
 TILLBOX_UID = 901
 KIOSK_UID = 902
@@ -35,6 +40,7 @@ GPIO_GID = 903
 COMMON_PACKAGES = (
     "systemd", "systemd-sysv", "udev", "dbus", "libpam-systemd", "systemd-resolved", "systemd-timesyncd",
     "python3", "ca-certificates", "iproute2", "kmod", "e2fsprogs", "dosfstools", "zstd",
+    "tzdata", "locales", "cloud-guest-utils",
     "cage", "chromium", "xwayland", "libgl1-mesa-dri", "fonts-dejavu-core",
 )  # fmt: skip
 
@@ -49,6 +55,7 @@ class Target:
     consoles: tuple[str, ...]
     raspi: bool
     qemu_user: str | None  # the qemu-user binary a non-native build host needs
+    mask: tuple[str, ...] = ()  # units of this target's packages the appliance does not use
 
 
 TARGETS = {
@@ -59,6 +66,7 @@ TARGETS = {
         ("ttyS1,115200", "tty1"),
         raspi=True,
         qemu_user="qemu-aarch64",
+        mask=("wpa_supplicant.service",),  # the D-Bus one (for NetworkManager); wpa_supplicant@wlan0 runs instead
     ),
     # The last console is /dev/console: the screen on the Pi, the serial port under QEMU.
     "amd64": Target(
@@ -267,10 +275,167 @@ def networkd() -> dict[str, str]:
     }
 
 
+def unit_escape_path(path: str) -> str:
+    """``systemd-escape --path``: the unit name prefix systemd gives a path (``/dev/a-b`` -> ``dev-a\\x2db``)."""
+    out = []
+    for i, ch in enumerate(path.strip("/")):
+        if ch == "/":
+            out.append("-")
+        elif (ch.isascii() and (ch.isalnum() or ch in ":_.")) and not (i == 0 and ch == "."):
+            out.append(ch)
+        else:
+            out.append("".join(f"\\x{b:02x}" for b in ch.encode()))
+    return "".join(out)
+
+
+def data_device(disk_id: int = DISK_ID) -> str:
+    """The data partition's device path (the initrd, the grow unit and /etc/fstab agree on it)."""
+    return f"/dev/disk/by-partuuid/{partuuid(disk_id, 3)}"
+
+
+def grow_data_script() -> str:
+    """Grow the partition given as a device path to the end of its disk (growpart; no change when it is there)."""
+    return textwrap.dedent("""\
+        #!/bin/sh
+        # tillbox: grow the data partition (the card's last) to the end of the card. growpart changes
+        # nothing when it already ends there, so only a first boot on a larger card does any work;
+        # systemd-growfs (x-systemd.growfs in /etc/fstab) then grows the mounted filesystem.
+        set -eu
+        part=$(readlink -f "$1")
+        name=$(lsblk -ndo PKNAME "$part")
+        number=$(cat "/sys/class/block/${part##*/}/partition")
+        # Sectors after the partition: none worth a growpart run (seconds on a slow CPU) on most boots.
+        end=$(( $(cat "/sys/class/block/${part##*/}/start") + $(cat "/sys/class/block/${part##*/}/size") ))
+        [ $(( $(cat "/sys/class/block/$name/size") - end )) -ge 8192 ] || exit 0
+        if out=$(growpart "/dev/$name" "$number" 2>&1); then
+            echo "tillbox: data partition: $out"
+        else
+            case $out in NOCHANGE:*) exit 0 ;; esac
+            echo "tillbox: cannot grow the data partition: $out" >&2
+            exit 1
+        fi
+        """)
+
+
+def grow_data_unit(disk_id: int = DISK_ID) -> str:
+    """The oneshot that grows the mounted data partition, before systemd-growfs grows its filesystem.
+
+    Online, as growpart is meant to run: on a partition that is not in use, sfdisk would tell the
+    kernel by deleting and re-adding it, and systemd would take that for the device going away
+    (failing its fsck and mount); on a mounted one that is refused, and ``partx --update``
+    resizes it in place.
+    """
+    mount = unit_escape_path(DATA_DIR)
+    return textwrap.dedent(f"""\
+        # tillbox: grow the (mounted) data partition to the end of the card; systemd-growfs then
+        # grows its filesystem (x-systemd.growfs in /etc/fstab).
+        [Unit]
+        Description=tillbox: grow the data partition to the end of the card
+        DefaultDependencies=no
+        RequiresMountsFor={DATA_DIR}
+        Before=systemd-growfs@{mount}.service local-fs.target shutdown.target
+        Conflicts=shutdown.target
+
+        [Service]
+        Type=oneshot
+        RemainAfterExit=yes
+        ExecStart=/usr/lib/tillbox/grow-data {data_device(disk_id)}
+        StandardOutput=journal+console
+
+        [Install]
+        WantedBy=local-fs.target
+        """)
+
+
+def initramfs_machine_id(disk_id: int = DISK_ID) -> str:
+    """An initramfs-tools local-bottom script: the stored machine id over the root's empty /etc/machine-id.
+
+    The root is read-only, so systemd would make a new id each boot. tillbox-settings.service
+    stores the first boot's id in DATA_DIR/system/machine-id; from the next boot on this
+    script (klibc sh and mount) mounts the data partition read-only, reads the id, and
+    bind-mounts a copy in /run over /etc/machine-id before systemd starts. Never fails the boot.
+    """
+    zero = "0" * 32
+    return textwrap.dedent(f"""\
+        #!/bin/sh
+        # tillbox: hand systemd the machine id kept on the data partition (the root is read-only).
+        PREREQ=""
+        prereqs() {{ echo "$PREREQ"; }}
+        case "$1" in
+        prereqs) prereqs; exit 0 ;;
+        esac
+        dev={data_device(disk_id)}
+        mnt=/tillbox-data
+        udevadm settle --timeout=5 >/dev/null 2>&1
+        [ -b "$dev" ] || exit 0
+        mkdir -p "$mnt" || exit 0
+        mount -t ext4 -o ro,nosuid,nodev,noexec "$dev" "$mnt" || exit 0
+        id=
+        if [ -f "$mnt/{SYSTEM_DIR}/machine-id" ]; then read -r id < "$mnt/{SYSTEM_DIR}/machine-id" || id=; fi
+        umount "$mnt"
+        case "$id" in
+        {"?" * 32}) ;;
+        *) exit 0 ;;
+        esac
+        case "$id" in *[!0-9a-f]*|{zero}) exit 0 ;; esac
+        printf '%s\\n' "$id" > /run/machine-id || exit 0
+        mount -o bind /run/machine-id "${{rootmnt:?}}/etc/machine-id"
+        """)
+
+
+def lab_report_script() -> str:
+    """One console line of facts about this boot, for the QEMU tests (tillbox-lab-report.service)."""
+    return textwrap.dedent(f"""\
+        #!/bin/sh
+        # tillbox lab report: facts about this boot on one console line, for the QEMU tests.
+        # tillbox-lab-report.service runs it only with tillbox.lab=1 on the kernel command line.
+        data=$(findmnt -no SOURCE {DATA_DIR})
+        set -- $(stat -f -c '%b %S' {DATA_DIR})
+        LANG=
+        . /etc/locale.conf 2>/dev/null
+        wpa={RUN_SETTINGS}/wpa_supplicant-{WIFI_INTERFACE}.conf
+        echo "tillbox-lab-report:" \\
+            "machine-id=$(cat /etc/machine-id)" \\
+            "data-part-bytes=$(lsblk -bndo SIZE "$data")" \\
+            "data-fs-bytes=$(($1 * $2))" \\
+            "localtime=$(readlink -f /etc/localtime)" \\
+            "tz=$(date +%Z)" \\
+            "lang=$LANG" \\
+            "monday=$(LC_ALL=$LANG date -d 2024-01-01 +%A)" \\
+            "wifi-conf=$(stat -c %a:%U "$wpa" 2>/dev/null || echo none)" \\
+            "environment=$(tr '\\n' ',' < {RUN_SETTINGS}/environment)" \\
+            "end"
+        """)
+
+
+def locale_gen() -> str:
+    """/etc/locale.gen: the UTF-8 locales the image compiles (``locale`` in a provisioning file picks one)."""
+    return "# tillbox: compiled into the image by locale-gen\n" + "".join(f"{x}.UTF-8 UTF-8\n" for x in OS_LOCALES)
+
+
+def root_links(arch: str) -> dict[str, str]:
+    """Symlinks in the read-only root: /etc files that point at what tillbox-settings.service writes at boot."""
+    links = {
+        "/etc/localtime": f"{RUN_SETTINGS}/localtime",
+        "/etc/timezone": f"{RUN_SETTINGS}/timezone",
+        "/etc/locale.conf": f"{RUN_SETTINGS}/locale.conf",
+        "/etc/default/locale": f"{RUN_SETTINGS}/locale.conf",
+    }
+    if target(arch).raspi:
+        wlan = WIFI_INTERFACE
+        links[f"/etc/wpa_supplicant/wpa_supplicant-{wlan}.conf"] = f"{RUN_SETTINGS}/wpa_supplicant-{wlan}.conf"
+        # wpa_supplicant starts when the Wi-Fi interface appears (a CM4 Lite may have none).
+        links[f"/etc/systemd/system/sys-subsystem-net-devices-{wlan}.device.wants/wpa_supplicant@{wlan}.service"] = (
+            "/lib/systemd/system/wpa_supplicant@.service"
+        )
+    return links
+
+
 #: Units enabled in the image (the tillbox ones come from ``systemd/``).
 ENABLE = ("systemd-networkd.service", "systemd-resolved.service", "systemd-timesyncd.service",
           "tillbox.service", "tillbox-provision.service", "tillbox-kiosk.service", "tillbox-update-gate.service",
-          "tillbox-lab-http.socket")  # fmt: skip
+          "tillbox-settings.service", "tillbox-grow-data.service", "tillbox-lab-http.socket",
+          "tillbox-lab-report.service")  # fmt: skip
 #: Units that make no sense on a read-only appliance root.
 MASK = ("systemd-firstboot.service", "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer",
         "e2scrub_reap.service")  # fmt: skip
@@ -282,8 +447,12 @@ def root_files(arch: str, version: str, disk_id: int = DISK_ID) -> dict[str, Fil
         "/etc/fstab": File(fstab(disk_id)),
         "/etc/hostname": File(HOSTNAME + "\n"),
         "/etc/hosts": File(f"127.0.0.1\tlocalhost\n127.0.1.1\t{HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
-        "/etc/machine-id": File(""),  # per boot: the read-only root cannot keep one
-        "/etc/default/locale": File("LANG=C.UTF-8\n"),
+        "/etc/machine-id": File(""),  # the initrd mounts the stored one over it (initramfs_machine_id)
+        "/etc/locale.gen": File(locale_gen()),
+        "/etc/initramfs-tools/scripts/local-bottom/tillbox-machine-id": File(initramfs_machine_id(disk_id), 0o755),
+        "/usr/lib/tillbox/grow-data": File(grow_data_script(), 0o755),
+        "/usr/lib/tillbox/lab-report": File(lab_report_script(), 0o755),
+        "/etc/systemd/system/tillbox-grow-data.service": File(grow_data_unit(disk_id)),
         "/etc/systemd/journald.conf.d/tillbox.conf": File(journald_dropin()),
         "/usr/lib/sysusers.d/tillbox.conf": File(sysusers()),
         "/etc/tillbox/image-release": File(f"TILLBOX_VERSION={version}\nTILLBOX_ARCH={arch}\nDEBIAN_SUITE={SUITE}\n"),
@@ -293,6 +462,11 @@ def root_files(arch: str, version: str, disk_id: int = DISK_ID) -> dict[str, Fil
         ),
     }
     files.update({path: File(text) for path, text in networkd().items()})
+    if target(arch).raspi:
+        files[f"/etc/systemd/system/wpa_supplicant@{WIFI_INTERFACE}.service.d/tillbox.conf"] = File(
+            "# tillbox: the network comes from the provisioning file, via tillbox-settings.service.\n[Unit]\n"
+            f"ConditionPathExists={RUN_SETTINGS}/wpa_supplicant-{WIFI_INTERFACE}.conf\nAfter=tillbox-settings.service\n"
+        )
     return files
 
 

@@ -425,6 +425,15 @@ def create_app(daemon: Daemon) -> FastAPI:
         return {"ok": True}
 
     app.include_router(api)
+    from kiosk_ui.accounts import create_router as account_routes
+
+    app.include_router(account_routes(daemon))  # gift cards, store credit, loyalty
+    from kiosk_ui.customers import create_router as customer_routes
+
+    app.include_router(customer_routes(daemon))
+    from kiosk_ui.orders import create_router as order_routes
+
+    app.include_router(order_routes(daemon))
 
     # -- live updates --------------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ from appliance.clock import Clock, SystemClock, iso_utc
 from appliance.errors import InputError, NotFound, TillboxError
 from appliance.ledger.store import milli_to_qty, qty_to_milli
 from appliance.returns import parse_reference
-from sync import rpc
+from sync import hub_accounts, hub_customers, hub_orders, rpc
 from sync.contract import HUB_PREFIX, PREFIX, Topic, parse_device_topic, sku_segment, source, store_topic
 from sync.link import LinkSettings, MqttLink, message_properties
 from sync.lookup import returnable_order
@@ -114,6 +114,7 @@ class _Batch:
     replies: list[tuple[str, bytes]] = field(default_factory=list)
     snapshots: set[str] = field(default_factory=set)
     lookups: list[mqtt.MQTTMessage] = field(default_factory=list)
+    orders: set[tuple[str, str]] = field(default_factory=set)
 
 
 class Hub(LinkWorker):
@@ -150,6 +151,9 @@ class Hub(LinkWorker):
         self._acked: dict[tuple[str, str], int] = {}
         self._services: dict[str, RequestHandler] = {}
         self.serve("stock-query", self._stock_query)
+        self.orders = hub_orders.HubOrders(self)
+        self.accounts = hub_accounts.Accounts(self)  # gift cards, store credit, loyalty: docs/accounts.md
+        self.customers = hub_customers.HubCustomers(self)
         self.link = MqttLink(
             link, next_session=self._next_session, will=self._will, on_connect=self._connected,
             on_disconnect=lambda: None, on_message=lambda m: self._pending.append(m), on_published=lambda mid: None,
@@ -250,6 +254,8 @@ class Hub(LinkWorker):
             self.link.publish(f"{PREFIX}/{store}/{device}/res/ack", body, retain=True)
         for store, sku in sorted(batch.stock):
             self._publish_stock(store, sku)
+        for store, order_id in sorted(batch.orders):
+            self.orders.publish(store, order_id)
         for topic, body in batch.replies:
             self.link.publish(topic, body)
         for store in sorted(batch.snapshots):
@@ -363,6 +369,12 @@ class Hub(LinkWorker):
             batch.replies.append((f"{PREFIX}/{store}/{device}/res/reconcile", json.dumps(reply).encode()))
         elif type_ == "tillbox.catalog.snapshot_requested":
             batch.snapshots.add(store)
+        elif type_.startswith("tillbox.order."):
+            self.orders.apply(store, device, seq, type_, data, batch)
+        elif type_ in hub_accounts.EVENTS:
+            self.accounts.apply_event(store, device, type_, data, event_id)
+        elif type_.startswith("tillbox.customer."):
+            self.customers.apply(store, device, type_, data)
 
     def _move(self, store: str, channel: str, sku: str, milli: int) -> None:
         self.db.execute(
@@ -387,13 +399,7 @@ class Hub(LinkWorker):
 
     def _reserved(self, store: str, sku: str) -> Decimal:
         """Units of ``sku`` reserved in ``store`` by open online orders."""
-        reserved = Decimal(0)
-        open_orders = self.db.execute(
-            "SELECT body FROM orders WHERE store = ? AND status IN ('placed', 'ready')", (store,)
-        ).fetchall()
-        for (body,) in open_orders:
-            reserved += sum((Decimal(ln["qty"]) for ln in json.loads(body)["lines"] if ln["sku"] == sku), Decimal(0))
-        return reserved
+        return hub_orders.reserved(self.db, store, sku)
 
     def _response(self, msg: mqtt.MQTTMessage) -> None:
         correlation = getattr(msg.properties, "CorrelationData", None)
@@ -674,12 +680,14 @@ class Hub(LinkWorker):
         status: str = "placed",
         currency: str | None = None,
         paid_at: str | None = None,
+        **details: Any,
     ) -> int:
         """Publish an online order (retained) and the stock it reserves; returns its version.
 
         ``lines`` maps SKU to quantity, or lists ``pickup-order`` lines; lines with the
         paid ``total`` (and ``tax``), together with ``currency``, make the order returnable
-        at a till.
+        at a till. ``details`` are the order fields of :meth:`sync.hub_orders.HubOrders.prepare`
+        (``kind``, ``customer``, ``pickup_code``, ``payment``, ``hold_until``, ``ship_to``, ``carrier``).
         """
         if isinstance(lines, Mapping):
             rows = [{"sku": s, "qty": str(q)} for s, q in lines.items()]
@@ -695,6 +703,7 @@ class Hub(LinkWorker):
                 doc["currency"] = currency
             if paid_at is not None:
                 doc["paid_at"] = paid_at
+            self.orders.prepare(store, doc, **details)
             validate("pickup-order", doc)
             self.db.execute(
                 "INSERT INTO orders(store, id, version, status, body) VALUES (?, ?, ?, ?, ?) ON CONFLICT(store, id) "

@@ -133,7 +133,8 @@ class Inbound:
     def topics(self) -> list[str]:
         """Subscriptions for the documents handled here."""
         s, d = self._store_prefix, self._device_prefix
-        return [f"{s}catalog/+", f"{s}promotions/+", f"{s}stock/+", f"{s}orders/+", f"{d}cfg/desired"]
+        return [f"{s}catalog/+", f"{s}promotions/+", f"{s}stock/+", f"{s}orders/+", f"{d}cfg/desired",
+                f"{s}customers/revoked"]
 
     def parse(self, topic: str, payload: bytes, schema: str) -> dict[str, Any]:
         """Size check, JSON (decimals, no floats) and schema; raises :class:`Rejected`."""
@@ -182,6 +183,8 @@ class Inbound:
             self.stock(sku_from_segment(name), self.parse(topic, payload, "stock-level"))
         elif kind == "orders":
             self.order(name, self.parse(topic, payload, "pickup-order"))
+        elif kind == "customers" and name == "revoked":
+            self.customers_revoked(self.parse(topic, payload, "customers-revoked"))
         else:
             raise Rejected(f"unexpected topic {topic}")
 
@@ -343,6 +346,21 @@ class Inbound:
                 (order_id, int(doc["version"]), doc["status"], canonical_json(doc), iso_utc(self.clock.now())),
             )
         self.on_change("orders")
+
+    def customers_revoked(self, doc: dict[str, Any]) -> None:
+        """Drop what this till holds of customers erased, or whose consent was withdrawn, at the shop."""
+        from appliance.customers import apply_revoked
+
+        version = int(doc["version"])
+        if not self._check_version("customer revocations", doc_version(self.ledger, "customers-revoked"), version):
+            return
+        now = iso_utc(self.clock.now())
+        with self.ledger.transaction("applying customer revocations") as tx:
+            dropped = apply_revoked(tx.conn, doc["revoked"], now)
+            self._set_doc(tx.conn, "customers-revoked", version, None, now)
+            if dropped:
+                tx.journal("customers.revoked", {"version": version, "dropped": dropped}, time=now)
+        self.on_change("customers")
 
     def config(self, doc: dict[str, Any]) -> None:
         version = int(doc["version"])

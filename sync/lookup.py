@@ -35,10 +35,11 @@ ONLINE: Final = "online"
 def returnable_order(order: Mapping[str, Any], store: str) -> dict[str, Any]:
     """An online order (a ``pickup-order`` document) as a sale a till can take a return against.
 
-    Raises :class:`InputError` when it cannot be returned (cancelled, or without paid lines).
+    Raises :class:`InputError` when it cannot be returned (cancelled, expired uncollected, or
+    without paid lines): goods that never left the store are refunded by the shop, not at a till.
     """
-    if order["status"] == "cancelled":
-        raise InputError(f"order {order['id']} was cancelled")
+    if order["status"] in ("cancelled", "expired"):
+        raise InputError(f"order {order['id']} was {order['status']}")
     if "currency" not in order or any("total" not in ln for ln in order["lines"]):
         raise InputError(f"order {order['id']} has no paid prices to refund")
     lines = []

@@ -132,9 +132,100 @@ _ORDER_LINE = _obj(
     {"sku": _SKU, "qty": _QTY, "name": _TEXT, "unit": {"enum": ["each", "kg"]}, "unit_price": {**_MINOR, "minimum": 0},
      "total": {**_MINOR, "minimum": 0, "description": "Paid for the line, tax included (minor units)."},
      "tax": {**_MINOR, "minimum": 0}, "tax_class": {"type": "string", "minLength": 1, "maxLength": 64},
-     "tax_rates": _TAX_RATES},
+     "tax_rates": _TAX_RATES, "picked": {**_POS_QTY, "description": "Picked so far in the store."}},
     ["sku", "qty"],
 )  # fmt: skip
+
+# -- pickup and ship-from-store orders (docs/orders.md) --
+_ORDER_ID = {"type": "string", "minLength": 1, "maxLength": 64}
+_ORDER_STATUS = {"enum": ["placed", "picking", "ready", "packed", "collected", "shipped", "expired", "cancelled"]}
+_STAFF = {"type": ["string", "null"], "maxLength": 128, "description": "The staff member who acted (null: policy)."}
+_ADDRESS = _obj(
+    {"name": {"type": "string", "minLength": 1, "maxLength": 100}, "company": {"type": "string", "maxLength": 100},
+     "lines": {"type": "array", "minItems": 1, "maxItems": 4,
+               "items": {"type": "string", "minLength": 1, "maxLength": 100}},
+     "postcode": {"type": "string", "maxLength": 16}, "city": {"type": "string", "minLength": 1, "maxLength": 100},
+     "region": {"type": "string", "maxLength": 100}, "country": {"type": "string", "pattern": "^[A-Z]{2}$"},
+     "phone": {"type": "string", "maxLength": 32}},
+    ["name", "lines", "city", "country"],
+)  # fmt: skip
+_ORDER_HISTORY = _obj(
+    {"action": {"type": "string", "maxLength": 32}, "status": _ORDER_STATUS, "time": _TIME,
+     "device": {"type": "string", "maxLength": 32}, "staff": _STAFF, "note": _TEXT},
+    ["action", "status", "time"],
+)  # fmt: skip
+_PICKS = {"type": "array", "minItems": 1, "maxItems": 500, "items": _obj(
+    {"line": {"type": "integer", "minimum": 1}, "sku": _SKU, "picked": _POS_QTY}, ["line", "sku", "picked"])}
+_HANDED = {"type": "array", "maxItems": 500, "items": _obj(
+    {"line": {"type": "integer", "minimum": 1}, "sku": _SKU, "qty": _POS_QTY}, ["line", "sku", "qty"])}
+
+
+def _order_event(status: str, props: Mapping[str, Any], required: Sequence[str] = ()) -> dict[str, Any]:
+    """``data`` of a ``tillbox.order.*`` event: the order, its new status, who, and the action's details."""
+    return _obj({"id": _ORDER_ID, "status": {"const": status}, "version": _SEQ, "kind": {"enum": ["pickup", "ship"]},
+                 "staff": _STAFF, **props}, ["id", "status", "staff", *required])  # fmt: skip
+
+# -- customers (docs/customers.md) --
+_CUSTOMER_ID = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                "description": "The shop's customer id (a UUIDv7 for customers created at a till)."}
+_CUSTOMER_IDENT = {"type": ["string", "null"], "pattern": r"^[A-Z0-9._-]{1,64}$"}
+_CUSTOMER_FIELDS: dict[str, Any] = {
+    "name": {"type": "string", "minLength": 1, "maxLength": 120},
+    "email": {"type": ["string", "null"], "maxLength": 254}, "phone": {"type": ["string", "null"], "maxLength": 40},
+    "card": {**_CUSTOMER_IDENT, "description": "Loyalty card number."},
+    "badge": {**_CUSTOMER_IDENT, "description": "Badge id."},
+    "consent": {"type": "boolean", "description": "The customer agreed that tills keep their record."},
+    "consent_at": {"type": ["string", "null"], "maxLength": 40},
+}
+_CUSTOMER_RECORD = _obj(
+    {"id": _CUSTOMER_ID, "version": _VERSION, **_CUSTOMER_FIELDS,
+     "qr_sha256": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$",
+                   "description": "Hex SHA-256 of the app's current QR code (TBC1:<id>:<secret>)."}},
+    ["id", "version", "name", "consent"],
+)
+_CUSTOMER_EVENT = _obj(
+    {"id": _CUSTOMER_ID, **_CUSTOMER_FIELDS,
+     "redacted": {"const": True, "description": "The personal data was removed on the till (erasure)."}},
+    ["id"],
+)  # fmt: skip
+
+# -- gift cards, store credit and loyalty points (docs/accounts.md) --
+_ACCOUNT = {"type": "string", "pattern": r"^[A-Z0-9][A-Z0-9-]{3,31}$",
+            "description": "A gift card or store credit number, upper case (e.g. GC-7KQ2-M9XD)."}  # fmt: skip
+_SV_KIND = {"enum": ["gift_card", "store_credit"]}
+_CURRENCY = {"type": "string", "pattern": "^[A-Z]{3}$"}
+_CUSTOMER = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[\x21-\x7e]+$",
+             "description": "A customer id; the hub also takes a loyalty card linked to one."}  # fmt: skip
+_AMOUNT = {**_MINOR, "minimum": 1, "maximum": 10**9}
+_POINTS = {"type": "integer", "minimum": 1, "maximum": 10**9}
+_DELTA = {"type": "integer", "minimum": -(10**9), "maximum": 10**9,
+          "description": "Signed change: positive credits the account, negative debits it."}  # fmt: skip
+_MOVE_MODE = {"enum": ["online", "offline", "local"],
+              "description": "online: the hub applied it first (the event is a record); offline: taken while the "
+                             "shop could not be reached, within the till's limits; local: recorded at the till "
+                             "(credits, or a till without a shop). The hub applies each move_id once."}  # fmt: skip
+_ACCT_REF = {"type": "string", "maxLength": 64, "description": "What the movement belongs to (sale, return, order)."}
+_ACCT_STAFF = {"type": ["string", "null"], "maxLength": 128}
+_SV_OP = {"enum": ["issue", "top_up", "redeem", "refund", "reverse"]}
+_LOYALTY_OP = {"enum": ["earn", "redeem", "refund", "reverse"]}
+_REVERSES = {**_UUID_ANY, "description": "op reverse: the movement to undo, once (one that never came never applies)."}
+_SV_MOVED = _obj(
+    {"move_id": _UUID_ANY, "op": _SV_OP, "account": _ACCOUNT, "kind": _SV_KIND, "delta": _DELTA,
+     "balance": {"type": ["integer", "null"], "description": "The balance the till knows after it (null: unknown)."},
+     "currency": _CURRENCY, "reason": {"type": "string", "maxLength": 32}, "ref": _ACCT_REF, "mode": _MOVE_MODE,
+     "staff": _ACCT_STAFF, "reverses": _REVERSES},
+    ["account", "kind", "delta", "currency"],
+)  # fmt: skip
+_LOYALTY_MOVED = _obj(
+    {"move_id": _UUID_ANY, "op": _LOYALTY_OP, "customer": _CUSTOMER, "delta": _DELTA,
+     "balance": {"type": ["integer", "null"], "description": "Points the till knows after it (null: unknown)."},
+     "reason": {"type": "string", "maxLength": 32}, "ref": _ACCT_REF, "mode": _MOVE_MODE, "staff": _ACCT_STAFF,
+     "reverses": _REVERSES},
+    ["move_id", "op", "customer", "delta", "mode"],
+)  # fmt: skip
+_NEEDS_REVERSES = [{"if": {"properties": {"op": {"const": "reverse"}}},
+                    "then": {"required": ["reverses"]}}]  # fmt: skip
+
 
 #: Event type -> schema of its ``data``.
 EVENT_DATA: Final[dict[str, dict[str, Any]]] = {
@@ -176,6 +267,23 @@ EVENT_DATA: Final[dict[str, dict[str, Any]]] = {
     "tillbox.catalog.snapshot_requested": _obj(
         {"have_version": _SEQ, "wanted_version": _SEQ, "reason": _TEXT}, ["have_version"]
     ),
+    "tillbox.order.picked": _order_event("picking", {"lines": _PICKS}, ["lines"]),
+    "tillbox.order.ready": _order_event("ready", {"lines": _PICKS, "short": {"type": "boolean"}, "hold_until": _TIME},
+                                        ["hold_until"]),
+    "tillbox.order.packed": _order_event("packed", {"lines": _PICKS, "short": {"type": "boolean"}}),
+    "tillbox.order.collected": _order_event(
+        "collected", {"check": {"enum": ["code", "id"]}, "sale_id": {"type": ["string", "null"], "maxLength": 64},
+                      "lines": _HANDED}, ["check", "lines"]),
+    "tillbox.order.shipped": _order_event(
+        "shipped", {"tracking": {"type": "string", "minLength": 1, "maxLength": 64},
+                    "carrier": {"type": "string", "maxLength": 64}, "lines": _HANDED}, ["tracking", "lines"]),
+    "tillbox.order.expired": _order_event("expired", {"hold_until": _TIME}, ["hold_until"]),
+    "tillbox.order.cancelled": _order_event("cancelled", {"reason": _TEXT}, ["reason"]),
+    "tillbox.customer.created": _CUSTOMER_EVENT,
+    "tillbox.customer.updated": _CUSTOMER_EVENT,
+    "tillbox.customer.erased": _obj({"id": _CUSTOMER_ID}, ["id"]),
+    "tillbox.stored_value.moved": _SV_MOVED,
+    "tillbox.loyalty.moved": _LOYALTY_MOVED,
 }  # fmt: skip
 
 
@@ -267,20 +375,40 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         {"version": _VERSION,
          "promotions": {"type": "array", "maxItems": 10000,
                         "items": {"type": "object", "required": ["id"],
-                                  "properties": {"id": {"type": "string", "minLength": 1, "maxLength": 64}}}}},
+                                  "properties": {"id": {"type": "string", "minLength": 1, "maxLength": 64},
+                                                 "channels": {
+                                                     "type": "array", "maxItems": 16, "uniqueItems": True,
+                                                     "items": _SLUG,
+                                                     "description": "Where it runs (e.g. store, online); "
+                                                                    "absent or empty: every channel."}}}}},
         ["version", "promotions"])),
     "stock-level": _doc("stock-level", "Central stock of one SKU in the store, per channel (retained).", _obj(
         {"sku": _SKU, "version": _VERSION, "time": _TIME,
          "levels": {"type": "object", "maxProperties": 32, "propertyNames": _SLUG, "additionalProperties": _QTY},
          "reserved": _QTY},
         ["sku", "version", "levels", "reserved"])),
-    "pickup-order": _doc("pickup-order", "An online order to be picked up in the store (retained).", _obj(
-        {"id": {"type": "string", "minLength": 1, "maxLength": 64}, "version": _VERSION,
-         "status": {"enum": ["placed", "ready", "collected", "cancelled"]}, "time": _TIME,
+    "pickup-order": _doc("pickup-order", "An online order to be picked up in the store, or shipped from it "
+                         "(retained); see docs/orders.md.", _obj(
+        {"id": _ORDER_ID, "version": _VERSION,
+         "status": _ORDER_STATUS, "time": _TIME,
          "customer": {"type": "string", "maxLength": 200},
          "currency": {"type": "string", "pattern": "^[A-Z]{3}$"}, "paid_at": _TIME,
-         "lines": {"type": "array", "minItems": 1, "maxItems": 500, "items": _ORDER_LINE}},
-        ["id", "version", "status", "lines"])),
+         "lines": {"type": "array", "minItems": 1, "maxItems": 500, "items": _ORDER_LINE},
+         "kind": {"enum": ["pickup", "ship"], "description": "pickup (the default) or ship-from-store."},
+         "payment": {"enum": ["paid", "at_pickup"], "description": "paid (the default) or to be paid at pickup."},
+         "pickup_code_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$",
+                                "description": "Hex SHA-256 of '<id>\\n<pickup code>' (the code is in the QR)."},
+         "hold_until": {**_TIME, "description": "An uncollected pickup order expires after this instant."},
+         "ship_to": _ADDRESS, "carrier": {"type": "string", "maxLength": 64},
+         "tracking": {"type": "string", "minLength": 1, "maxLength": 64},
+         "sale_id": {"type": "string", "maxLength": 64, "description": "The till's sale of an order paid at pickup."},
+         "note": _TEXT, "history": {"type": "array", "maxItems": 100, "items": _ORDER_HISTORY},
+         "applied": {"type": "object", "maxProperties": 256, "propertyNames": _SLUG, "additionalProperties": _SEQ,
+                     "description": "Per device: the sequence of its last order event applied to this order."}},
+        ["id", "version", "status", "lines"],
+        allOf=[{"if": {"properties": {"kind": {"const": "ship"}}, "required": ["kind"]},
+                "then": {"required": ["ship_to"], "properties": {"payment": {"const": "paid"}}}}],
+    )),
     "sale-lookup": _doc("sale-lookup", "A till asks the shop for a sale it does not have (for a return); MQTT 5 "
                         "ResponseTopic and CorrelationData.", _obj(
         {"reference": _REFERENCE, "issued_at": _TIME}, ["reference"])),
@@ -316,6 +444,59 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
                     "additionalProperties": {"type": "object", "additionalProperties": _obj(
                         {"levels": {"type": "object", "additionalProperties": _QTY}, "reserved": _POS_QTY},
                         ["levels", "reserved"])}}}, ["stores"])),
+    "customer-lookup-request": _doc("customer-lookup-request", "A till asks the shop for a customer by phone, "
+                                    "email, loyalty card, badge, customer id or app QR code.", _obj(
+        {"id": _UUID_ANY, "token": {"type": "string", "minLength": 1, "maxLength": 200}}, ["id", "token"])),
+    "customer-lookup-result": _doc("customer-lookup-result", "The customers a token names (not_found when "
+                                   "none); a till caches only those who consented.", _obj(
+        {"customers": {"type": "array", "minItems": 1, "maxItems": 10, "items": _CUSTOMER_RECORD}}, ["customers"])),
+    "customers-revoked": _doc("customers-revoked", "Customers tills must no longer keep (retained): erased, or "
+                              "consent withdrawn, at the shop's record version; the last 90 days.", _obj(
+        {"version": _VERSION, "time": _TIME,
+         "revoked": {"type": "array", "maxItems": 100000, "items": _obj(
+             {"id": _CUSTOMER_ID, "version": _VERSION, "reason": {"enum": ["erased", "withdrawn"]}, "at": _TIME},
+             ["id", "version", "reason"])}},
+        ["version", "revoked"])),
+    "stored-value-balance-request": _doc("stored-value-balance-request", "A till asks the balance of a gift card "
+                                         "or store credit account.", _obj(
+        {"id": _UUID_ANY, "account": _ACCOUNT}, ["id", "account"])),
+    "stored-value-balance-result": _doc("stored-value-balance-result", "The hub's balance of an account (negative "
+                                        "when offline redemptions overdrew it).", _obj(
+        {"account": _ACCOUNT, "kind": _SV_KIND, "balance": {"type": "integer"}, "currency": _CURRENCY},
+        ["account", "kind", "balance", "currency"])),
+    "stored-value-move-request": _doc("stored-value-move-request", "Issue, top up, redeem, refund onto or reverse "
+                                      "a gift card or store credit; id is the movement's id (applied once).", _obj(
+        {"id": _UUID_ANY, "op": _SV_OP, "account": _ACCOUNT, "kind": _SV_KIND, "amount": _AMOUNT,
+         "currency": _CURRENCY, "partial": {"type": "boolean", "description": "redeem: take what there is, up to "
+                                            "amount, instead of declining."},
+         "ref": _ACCT_REF, "reverses": _REVERSES, "staff": _ACCT_STAFF, "time": _TIME},
+        ["id", "op", "account", "currency"],
+        allOf=[*_NEEDS_REVERSES, {"if": {"properties": {"op": {"not": {"const": "reverse"}}}},
+                                  "then": {"required": ["amount"]}}],
+    )),
+    "stored-value-move-result": _doc("stored-value-move-result", "What the hub applied: the signed change and the "
+                                     "balance after it.", _obj(
+        {"move_id": _UUID_ANY, "op": _SV_OP, "account": _ACCOUNT, "kind": _SV_KIND, "delta": _DELTA,
+         "balance": {"type": "integer"}, "currency": _CURRENCY},
+        ["move_id", "op", "account", "kind", "delta", "balance", "currency"])),
+    "loyalty-balance-request": _doc("loyalty-balance-request", "A till asks a customer's loyalty points.", _obj(
+        {"id": _UUID_ANY, "customer": _CUSTOMER}, ["id", "customer"])),
+    "loyalty-balance-result": _doc("loyalty-balance-result", "A customer's points at the hub (the customer id, "
+                                   "also when asked by loyalty card).", _obj(
+        {"customer": _CUSTOMER, "points": {"type": "integer"}}, ["customer", "points"])),
+    "loyalty-move-request": _doc("loyalty-move-request", "Earn, redeem, refund or reverse loyalty points; id is the "
+                                 "movement's id (applied once).", _obj(
+        {"id": _UUID_ANY, "op": _LOYALTY_OP, "customer": _CUSTOMER, "points": _POINTS,
+         "partial": {"type": "boolean", "description": "redeem: take what there is, up to points."},
+         "ref": _ACCT_REF, "reverses": _REVERSES, "staff": _ACCT_STAFF, "time": _TIME},
+        ["id", "op", "customer"],
+        allOf=[*_NEEDS_REVERSES, {"if": {"properties": {"op": {"not": {"const": "reverse"}}}},
+                                  "then": {"required": ["points"]}}],
+    )),
+    "loyalty-move-result": _doc("loyalty-move-result", "What the hub applied: the signed change in points and the "
+                                "balance after it.", _obj(
+        {"move_id": _UUID_ANY, "op": _LOYALTY_OP, "customer": _CUSTOMER, "delta": _DELTA,
+         "balance": {"type": "integer"}}, ["move_id", "op", "customer", "delta", "balance"])),
 }  # fmt: skip
 
 

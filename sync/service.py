@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -32,7 +32,7 @@ from appliance.config import Config
 from appliance.errors import ConfigError, DeviceUnavailable, InputError, NotFound, SaleError, TillboxError
 from appliance.ledger import Ledger
 from sync import reconcile, rpc
-from sync.contract import HUB_PREFIX, device_topic
+from sync.contract import HUB_PREFIX, PREFIX, device_topic
 from sync.inbound import Inbound, InboundPolicy, Rejected, doc_version
 from sync.link import LinkSettings, MqttLink, message_properties, read_password
 from sync.lookup import store_answer
@@ -48,6 +48,8 @@ CommandHandler = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 ALERT_BACKLOG: Final = "sync.backlog_old"
 ALERT_ACK: Final = "sync.ack_invalid"
 ALERT_REFUSED: Final = "sync.link_refused"
+#: The catalog has not been confirmed as the shop's current one for ``catalog_max_age``.
+ALERT_CATALOG: Final = "sync.catalog_stale"
 #: The reference hub's retained online/offline status; a till fails lookups fast while it says offline.
 HUB_STATUS: Final = f"{HUB_PREFIX}/status"
 COMMANDS: Final = ("open_drawer", "reprint", "refresh", "reconcile")
@@ -67,6 +69,8 @@ class SyncOptions:
     reconcile_interval: float | None = 3600.0
     response_expiry: int = 60
     lookup_timeout: float = 3.0
+    catalog_max_age: float | None = None
+    customer_cache_days: int = 30
 
 
 @dataclass
@@ -109,6 +113,7 @@ def options_from_config(config: Config) -> SyncOptions:
     return SyncOptions(
         window=s.inflight_window, ack_timeout=float(s.ack_timeout), backlog_alert_after=s.backlog_alert_minutes * 60.0,
         retention_days=config.ledger.outbox_retention_days, reconcile_interval=s.reconcile_minutes * 60.0,
+        catalog_max_age=s.catalog_max_age_hours * 3600.0 or None, customer_cache_days=s.customer_cache_days,
     )  # fmt: skip
 
 
@@ -161,6 +166,7 @@ class SyncService(LinkWorker):
             self._next_prune = now
             self._next_reconcile = now + (self.options.reconcile_interval or 0)
             self.reconcile_results: list[list[str]] = []
+            self._catalog_current_at: datetime | None = None
         except BaseException:
             self.ledger.close()
             raise
@@ -503,6 +509,7 @@ class SyncService(LinkWorker):
             self._next_health = now + self.options.health_interval
             self.check_backlog()
             self.check_link()
+            self.check_catalog()
             self._forget_lookups()
             self.publish_state()
         if now >= self._next_prune:
@@ -530,8 +537,45 @@ class SyncService(LinkWorker):
             raise_alert(self.ledger, ALERT_REFUSED, f"the shop's broker refused this till: {self.link.last_error}",
                         time=self._now(), severity="critical")  # fmt: skip
 
+    def catalog_age(self) -> float | None:
+        """Seconds since the catalog was last known to be the shop's current one; None without a shop catalog.
+
+        It is current while the link is up, the hub does not say it is offline, and no
+        catalog message was rejected since the last one applied (any newer version would
+        have arrived on the retained topic).
+        """
+        row = self.ledger.conn.execute("SELECT updated_at FROM sync_docs WHERE name = 'catalog'").fetchone()
+        if row is None:
+            return None
+        now = self.clock.now()
+        rejected = self.ledger.conn.execute(
+            "SELECT max(received_at) FROM dead_letters WHERE topic LIKE ?", (f"{PREFIX}/{self.store}/catalog/%",)
+        ).fetchone()[0]
+        if self.link.connected and self.hub_online is not False and (rejected is None or rejected < row[0]):
+            self._catalog_current_at = now
+        seen = datetime.fromisoformat(str(row[0]))
+        if self._catalog_current_at is not None:
+            seen = max(seen, self._catalog_current_at)
+        return max(0.0, (now - seen).total_seconds())
+
+    def check_catalog(self) -> float | None:
+        """Raise ``sync.catalog_stale`` when :meth:`catalog_age` exceeds ``catalog_max_age``; clear it when current."""
+        age, limit = self.catalog_age(), self.options.catalog_max_age
+        if age is None or not limit:
+            return age
+        version = doc_version(self.ledger, "catalog")
+        if age > limit:
+            raise_alert(self.ledger, ALERT_CATALOG, f"the catalog (version {version}) has not been confirmed as the "
+                        f"shop's current one for over {limit / 3600:g} h", time=self._now())  # fmt: skip
+        else:
+            clear_alert(self.ledger, ALERT_CATALOG, time=self._now(), note=f"catalog version {version} is current")
+        return age
+
     def prune(self) -> int:
-        """Delete acknowledged events older than the retention period."""
+        """Delete acknowledged events older than the retention period (and expired cached customers)."""
+        from appliance.customers import Customers
+
+        Customers(self.ledger, cache_days=self.options.customer_cache_days).purge(self.clock.now())
         cutoff = iso_utc(self.clock.now() - timedelta(days=self.options.retention_days))
         return self.ledger.prune_outbox(cutoff)
 
@@ -540,6 +584,9 @@ class SyncService(LinkWorker):
         size, age = self.relay.backlog()
         link = "ok" if self.link.connected else "unavailable" if self.link.refused else "degraded"
         health = {"sync": link, **self._health()}
+        alerts = [a.code for a in active_alerts(self.ledger)]
+        if ALERT_CATALOG in alerts:
+            health["catalog"] = "degraded"
         return {
             "time": self._now(),
             "session": max(1, self.link.session),
@@ -551,7 +598,7 @@ class SyncService(LinkWorker):
             "promotions_version": doc_version(self.ledger, "promotions"),
             "config_version": doc_version(self.ledger, "config"),
             "health": health,
-            "alerts": [a.code for a in active_alerts(self.ledger)],
+            "alerts": alerts,
             "link": self.link.status(),
         }
 

@@ -148,7 +148,7 @@ def test_root_files_cover_the_appliance_settings() -> None:
     assert files["/etc/fstab"].content == recipe.fstab()
     assert files["/etc/systemd/journald.conf.d/tillbox.conf"].content == recipe.journald_dropin()
     assert files["/usr/lib/sysusers.d/tillbox.conf"].content == recipe.sysusers()
-    assert files["/etc/machine-id"].content == "", "an empty machine-id: a new one per boot on the read-only root"
+    assert files["/etc/machine-id"].content == "", "empty in the image: the initrd mounts the stored id over it"
     assert "TILLBOX_VERSION=1.2.3" in files["/etc/tillbox/image-release"].content
     wait = files["/etc/systemd/system/systemd-networkd-wait-online.service.d/tillbox.conf"].content
     assert "--any" in wait, "boot must not wait for every link (a Pi may have only Wi-Fi)"
@@ -157,6 +157,7 @@ def test_root_files_cover_the_appliance_settings() -> None:
 
 def test_enabled_units_exist() -> None:
     ours = {p.name for p in (ROOT / "systemd").iterdir()} | {p.name for p in (ROOT / "image" / "units").iterdir()}
+    ours |= {Path(path).name for path in recipe.root_files("amd64", "1") if path.startswith("/etc/systemd/system/")}
     for unit in recipe.ENABLE:
         assert unit in ours or unit.startswith("systemd-"), unit
     assert {"tillbox.service", "tillbox-provision.service", "tillbox-kiosk.service"} <= set(recipe.ENABLE)
@@ -198,6 +199,158 @@ def test_packages_and_mmdebstrap_arguments() -> None:
     assert all(args.index(d) < args.index("--customize-hook=HOOK") for d in divert)
     cached = recipe.mmdebstrap_args("amd64", "R", customize_hook="H", apt_cache="/c")
     assert cached.index("--customize-hook=H") < cached.index("--customize-hook=sync-out /var/cache/apt/archives /c")
+
+
+# -- system settings, machine id, data partition growth -------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/dev/disk/by-partuuid/7b11b0c5-03", "/var/lib/tillbox", "/a/.b/c d/ü", "/.x"])
+def test_unit_names_are_escaped_as_systemd_does(path: str) -> None:
+    if shutil.which("systemd-escape") is None:
+        pytest.skip("systemd-escape is not installed")
+    want = subprocess.run(["systemd-escape", "--path", path], capture_output=True, text=True, check=True).stdout
+    assert recipe.unit_escape_path(path) == want.strip()
+
+
+def test_etc_links_point_at_what_the_settings_step_writes(tmp_path: Path) -> None:
+    """Every /etc link of the read-only root resolves once tillbox-settings.service has run."""
+    from appliance import provision
+
+    run = tmp_path / recipe.RUN_SETTINGS.lstrip("/")
+    wifi = provision.WifiNetwork("shop", "ab" * 32, "DE")
+    provision.render_settings(provision.SystemSettings("Europe/Berlin", "de_DE", wifi), run, tmp_path / "zoneinfo")
+    for arch in ("amd64", "arm64"):
+        for link, dest in recipe.root_links(arch).items():
+            assert dest.startswith("/"), link
+            if dest.startswith(recipe.RUN_SETTINGS + "/"):
+                assert (tmp_path / dest.lstrip("/")).is_symlink() or (tmp_path / dest.lstrip("/")).is_file(), link
+    links = recipe.root_links("arm64")
+    assert links["/etc/localtime"] == f"{recipe.RUN_SETTINGS}/localtime"
+    assert "/etc/wpa_supplicant/wpa_supplicant-wlan0.conf" in links
+    assert not any("wpa_supplicant" in link for link in recipe.root_links("amd64")), "no Wi-Fi in the QEMU image"
+    wants = [d for link, d in links.items() if ".device.wants/" in link]
+    assert wants == ["/lib/systemd/system/wpa_supplicant@.service"], "started by the interface, not by the boot"
+
+
+def test_pi_wifi_units() -> None:
+    files = recipe.root_files("arm64", "1")
+    dropin = configparser.ConfigParser()
+    dropin.read_string(files["/etc/systemd/system/wpa_supplicant@wlan0.service.d/tillbox.conf"].content)
+    assert dropin["Unit"]["ConditionPathExists"] == f"{recipe.RUN_SETTINGS}/wpa_supplicant-wlan0.conf"
+    assert "tillbox-settings.service" in dropin["Unit"]["After"]
+    assert "wpa_supplicant.service" in recipe.target("arm64").mask, "the D-Bus supplicant would compete for wlan0"
+    assert not any("wpa_supplicant" in path for path in recipe.root_files("amd64", "1"))
+    assert "wpasupplicant" in recipe.packages("arm64")
+
+
+def test_locales_timezones_and_growpart_are_in_the_image() -> None:
+    from appliance.provision import OS_LOCALES
+
+    gen = [line.split() for line in recipe.locale_gen().splitlines() if line and not line.startswith("#")]
+    assert gen == [[f"{loc}.UTF-8", "UTF-8"] for loc in OS_LOCALES]
+    assert "en_US" in OS_LOCALES and "de_DE" in OS_LOCALES
+    assert recipe.root_files("amd64", "1")["/etc/locale.gen"].content == recipe.locale_gen()
+    for arch in ("amd64", "arm64"):
+        assert {"tzdata", "locales", "cloud-guest-utils"} <= set(recipe.packages(arch))
+
+
+def test_grow_unit_runs_on_the_mounted_data_partition_before_its_filesystem_grows() -> None:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read_string(recipe.grow_data_unit(0x12345678))
+    data = _fstab_rows(recipe.fstab(0x12345678))["/var/lib/tillbox"]
+    device = data[0].replace("PARTUUID=", "/dev/disk/by-partuuid/")
+    assert device == recipe.data_device(0x12345678)
+    assert unit["Service"]["ExecStart"] == f"/usr/lib/tillbox/grow-data {device}"
+    # Mounted, so the kernel resizes the partition in place instead of removing and re-adding it
+    # (which systemd would take for the device going away, failing the mount).
+    assert unit["Unit"]["RequiresMountsFor"] == data[1]
+    assert "BindsTo" not in unit["Unit"] and unit["Unit"]["DefaultDependencies"] == "no"
+    assert "systemd-growfs@var-lib-tillbox.service" in unit["Unit"]["Before"].split()
+    assert "x-systemd.growfs" in data[3].split(","), "systemd-growfs grows the filesystem after the partition"
+    files = recipe.root_files("arm64", "1", 0x12345678)
+    assert files["/etc/systemd/system/tillbox-grow-data.service"].content == recipe.grow_data_unit(0x12345678)
+    assert files["/usr/lib/tillbox/grow-data"].mode == 0o755
+    assert "tillbox-grow-data.service" in recipe.ENABLE and "tillbox-settings.service" in recipe.ENABLE
+
+
+@pytest.mark.parametrize("name", ["initramfs_machine_id", "grow_data_script", "lab_report_script"])
+def test_shell_scripts_parse(name: str, tmp_path: Path) -> None:
+    script = tmp_path / name
+    script.write_text(getattr(recipe, name)())
+    out = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert script.read_text().startswith("#!/bin/sh\n")
+
+
+def test_initramfs_hook_reads_the_id_the_settings_step_stores() -> None:
+    from appliance import provision
+
+    text = recipe.initramfs_machine_id(0xCAFEF00D)
+    files = recipe.root_files("amd64", "1", 0xCAFEF00D)
+    hook = files["/etc/initramfs-tools/scripts/local-bottom/tillbox-machine-id"]
+    assert hook.content == text and hook.mode == 0o755
+    assert "dev=/dev/disk/by-partuuid/cafef00d-03\n" in text, "the data partition, as /etc/fstab names it"
+    assert f'"$mnt/{provision.SYSTEM_DIR}/{provision.MACHINE_ID_FILE}"' in text
+    assert "-o ro," in text, "the initrd never writes to the data partition"
+    assert text.rstrip().endswith('mount -o bind /run/machine-id "${rootmnt:?}/etc/machine-id"')
+    # every step that can fail ends the script quietly: the boot must never stop here
+    assert "set -e" not in text
+
+
+def test_lab_report_runs_only_in_the_lab() -> None:
+    unit = configparser.ConfigParser(strict=False)
+    unit.read(ROOT / "image" / "units" / "tillbox-lab-report.service")
+    assert unit["Unit"]["ConditionKernelCommandLine"] == "tillbox.lab=1"
+    assert unit["Service"]["ExecStart"] == "/usr/lib/tillbox/lab-report"
+    assert "tillbox-lab-report.service" in recipe.ENABLE
+
+
+# -- the Pi boot files against the partition layout -----------------------------------------------
+
+
+def _pi_boot_dir(tmp_path: Path, disk_id: int = recipe.DISK_ID) -> Path:
+    boot = tmp_path / "boot"
+    boot.mkdir(parents=True)
+    kernel, initrd = "vmlinuz-6.1.0-9-arm64", "initrd.img-6.1.0-9-arm64"
+    for name, file in recipe.boot_files("arm64", kernel, initrd, disk_id).items():
+        (boot / name).write_text(file.content)
+    for name in {kernel, initrd, *(f for files in build.PI_BOARDS.values() for f in files)}:
+        (boot / name).write_bytes(b"x")
+    return boot
+
+
+def test_pi_boot_files_agree_with_the_partition_layout() -> None:
+    lay = recipe.layout(300 * MIB)
+    root = lay.by_label("TB_ROOT")
+    assert root.mountpoint == "/"
+    cmdline = recipe.cmdline("arm64").split()
+    assert f"root=PARTUUID={recipe.partuuid(recipe.DISK_ID, root.number)}" in cmdline
+    assert _fstab_rows(recipe.fstab())["/"][0] == f"PARTUUID={recipe.partuuid(recipe.DISK_ID, root.number)}"
+    boot = lay.by_label("TB_BOOT")
+    assert boot.number == 1 and boot.mbr_type == "c", "the firmware reads the first partition, FAT32 (LBA)"
+    assert lay.by_label("TB_DATA").number == len(lay.partitions), "the data partition is last, so it can grow"
+    config = recipe.config_txt("vmlinuz-6.1.0-9-arm64", "initrd.img-6.1.0-9-arm64")
+    assert config.index("arm_64bit=1") < config.index("[pi4]"), "64-bit for every board, not only the Pi 4"
+
+
+def test_pi_boot_check_passes_a_consistent_boot_partition(tmp_path: Path) -> None:
+    assert build.pi_boot_problems(_pi_boot_dir(tmp_path), recipe.DISK_ID) == []
+
+
+def test_pi_boot_check_names_each_inconsistency(tmp_path: Path) -> None:
+    boot = _pi_boot_dir(tmp_path)
+    (boot / "initrd.img-6.1.0-9-arm64").unlink()
+    (boot / "bcm2711-rpi-400.dtb").unlink()
+    (boot / "config.txt").write_text((boot / "config.txt").read_text().replace("arm_64bit=1\n", ""))
+    problems = build.pi_boot_problems(boot, recipe.DISK_ID)
+    assert "config.txt does not set arm_64bit=1" in problems
+    assert "config.txt names initrd.img-6.1.0-9-arm64, which is not on the boot partition" in problems
+    assert "Pi 400 needs bcm2711-rpi-400.dtb" in problems
+    assert len(problems) == 3
+    other = build.pi_boot_problems(_pi_boot_dir(tmp_path / "b", 0x0BADCAFE), recipe.DISK_ID)
+    assert other == [f"cmdline.txt has root=PARTUUID=0badcafe-02, not root=PARTUUID={recipe.DISK_ID:08x}-02"]
+    (boot / "cmdline.txt").write_text(recipe.cmdline("arm64") + "second line\n")
+    assert "cmdline.txt must be exactly one line" in build.pi_boot_problems(boot, recipe.DISK_ID)
 
 
 # -- partition layout -----------------------------------------------------------------------------
@@ -319,6 +472,25 @@ def test_write_sparse_copies_data_and_skips_zero_blocks(tmp_path: Path) -> None:
     assert out[500 + 1000 : 500 + 4096] == bytes(4096 - 1000)  # zeros inside a data block are written
     assert out[500 + 4096 : 500 + 3 * 4096] == b"\xff" * (2 * 4096), "all-zero blocks are skipped, not written"
     assert out[500 + len(payload) - 4 : 500 + len(payload)] == b"tail"
+
+
+def test_extract_partition_keeps_holes_and_contains_reads_only_data(tmp_path: Path) -> None:
+    img = tmp_path / "card.img"
+    with img.open("wb") as fh:
+        fh.truncate(64 * MIB)
+        fh.seek(40 * MIB - 3)
+        fh.write(b"secret-key")  # across a 1 MiB chunk boundary
+    part = qemu.extract_partition(img, 32 * MIB, 16 * MIB, tmp_path / "part")
+    assert part.stat().st_size == 16 * MIB
+    assert part.stat().st_blocks * 512 <= 2 * MIB, "the copy stays sparse"
+    with part.open("rb") as fh:
+        fh.seek(8 * MIB - 3)
+        assert fh.read(10) == b"secret-key"
+    assert qemu.contains(part, b"secret-key") and qemu.contains(img, b"secret-key")
+    assert qemu.contains(img, b"secret-key", chunk=4096)
+    assert not qemu.contains(img, b"secret-key", 40 * MIB)
+    assert not qemu.contains(img, b"secret-key", 0, 40 * MIB), "the needle must end before end"
+    assert not qemu.contains(img, b"other")
 
 
 # -- the appliance bundle -------------------------------------------------------------------------

@@ -185,6 +185,18 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/api/v1/exchanges"): {"reference": "TB-till-1-000001", "lines": [{"line": 1}]},
     ("POST", "/api/v1/tech/test/{device}"): None,
     ("POST", "/api/v1/sim/{device}"): {"value": WATER},
+    ("POST", "/api/v1/orders/{order_id}/picks"): {"lines": [{"line": 1, "picked": "1"}]},
+    ("POST", "/api/v1/orders/{order_id}/ready"): {"short": False},
+    ("POST", "/api/v1/orders/{order_id}/pack"): {"short": False},
+    ("POST", "/api/v1/orders/{order_id}/slip"): None,
+    ("POST", "/api/v1/orders/{order_id}/ship"): {"tracking": "T1"},
+    ("POST", "/api/v1/orders/{order_id}/cancel"): {"reason": "test"},
+    ("POST", "/api/v1/orders/{order_id}/handover"): {"check": "id"},
+    ("POST", "/api/v1/customers/identify"): {"token": "eve@example.org"},
+    ("POST", "/api/v1/customers/identify/badge"): {"timeout": 1},
+    ("POST", "/api/v1/customers/register"): {"name": "Eve Example", "email": "eve@example.org"},
+    ("POST", "/api/v1/customers/{customer_id}/consent"): {"consent": True},
+    ("POST", "/api/v1/customers/{customer_id}/erase"): {},
 }
 LOGIN = {"/api/v1/session/pin", "/api/v1/session/badge", "/api/v1/session/device"}
 #: Endpoints any session (even the customer display) may call: logging out and feeding demo simulators.

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from appliance.config import parse_config
-from appliance.errors import NotFound, TenderError
+from appliance.errors import DeviceUnavailable, InputError, NotFound, SaleError, TenderError
 from appliance.ledger import verify
 from appliance.returns import ReturnRequest
 from appliance.staff import Action, Approval
@@ -115,3 +117,173 @@ def test_refund_goes_back_onto_the_card_used(demo_till: Till) -> None:
                                "original_reference": "GC-TEST-0001"}]  # fmt: skip
     assert wallet.balance("GC-TEST-0001") == 1_000
     assert verify(demo_till.ledger).ok
+
+
+# -- with a shop: offline limits, gift card lines, voids (docs/accounts.md) ----------------------------
+
+OFFLINE_CONFIG = """
+[stored_value]
+offline_limit_per_card = "10.00"
+offline_limit_per_till = "15.00"
+"""
+
+
+@pytest.fixture
+def offline_till(tmp_path: Path, clock) -> Iterator[Till]:  # type: ignore[no-untyped-def]
+    """A till whose sync service is not connected: every question to the shop fails at once, as offline."""
+    from appliance.demo import seed
+    from sync.service import SyncService, settings_from_config
+
+    config = parse_config(OFFLINE_CONFIG)
+    till = Till(config, open_ledger(config, tmp_path), clock=clock, terminal=SimulatedTerminal(), fast_hash=True)
+    seed(till, tmp_path)
+    open_shift(till)
+    link = settings_from_config(config, tmp_path, ("mqtt://127.0.0.1:1",))
+    svc = SyncService.from_config(config, tmp_path, link=link)  # never started: it is offline
+    till.stored_value.remote = svc.request
+    till.loyalty.remote = svc.request
+    try:
+        yield till
+    finally:
+        svc.close()
+        till.ledger.close()
+
+
+def _events(till: Till, kind: str = "tillbox.stored_value.moved") -> list[dict[str, Any]]:
+    return [json.loads(e.data) for e in till.ledger.outbox(limit=1000) if e.type == kind]
+
+
+def _valid_events(till: Till) -> None:
+    from sync.contract import envelope
+    from sync.schemas import validate
+
+    for event in till.ledger.outbox(limit=1000):
+        validate("cloudevent", json.loads(envelope(event, store="demo", device="till-1")))
+
+
+def test_offline_a_card_is_redeemed_up_to_the_limit_per_card_and_per_till(offline_till: Till) -> None:
+    till = offline_till
+    first = till.new_sale("ann")
+    for _ in range(4):
+        till.scan(first, BOOK)  # 13.96
+    tender = till.pay_stored_value(first, "gc-abcd-efgh")
+    got = (tender.kind, tender.amount, tender.reference, tender.detail["mode"])
+    assert got == ("gift_card", 1_000, "GC-ABCD-EFGH", "offline")
+    with pytest.raises(TenderError, match=r"^the shop cannot be reached: at most 0\.00 more can be taken from "
+                                          r"GC-ABCD-EFGH offline \(limit 10\.00 per card\)$"):  # fmt: skip
+        till.pay_stored_value(first, "GC-ABCD-EFGH")
+    first.pay_cash(first.cash_due())
+    till.complete(first)
+    [moved] = _events(till)
+    assert (moved["op"], moved["delta"], moved["mode"], moved["balance"]) == ("redeem", -1_000, "offline", None)
+    assert moved["move_id"] == tender.detail["move"] and moved["staff"] == "ann"
+
+    second = till.new_sale("ann")
+    till.scan(second, BOOK)
+    till.scan(second, BOOK)  # 6.98: the till has 5.00 of its 15.00 left
+    with pytest.raises(TenderError, match=r"this till can take at most 5\.00 more from gift cards and store credit "
+                                          r"offline \(limit 15\.00\)"):  # fmt: skip
+        till.pay_stored_value(second, "SC-ZZZZ-YYYY", 600)
+    assert till.pay_stored_value(second, "SC-ZZZZ-YYYY").amount == 500  # as much as the limit allows
+    with pytest.raises(TenderError, match="cannot be reached to check 12345678"):
+        till.pay_stored_value(second, "12345678")  # no GC-/SC- prefix and never seen: its kind is unknown
+    # acknowledged by the shop, the offline redemptions no longer count
+    till.ledger.mark_acked(till.ledger.outbox(limit=1000)[-1].seq, "2026-03-02T10:00:00Z")
+    assert till.stored_value.room("GC-ABCD-EFGH")[0] == 1_000
+    _valid_events(till)
+
+
+def test_offline_a_known_balance_caps_the_redemption_and_sales_are_checked_again_at_commit(offline_till: Till) -> None:
+    till = offline_till
+    till.stored_value.remember({"account": "GC-KNWN-0001", "kind": "gift_card", "balance": 300, "currency": "EUR"})
+    sale = till.new_sale("ann")
+    till.scan(sale, BOOK)
+    with pytest.raises(TenderError, match=r"GC-KNWN-0001 had 3\.00 left when last seen"):
+        till.pay_stored_value(sale, "GC-KNWN-0001", 349)
+    assert till.pay_stored_value(sale, "GC-KNWN-0001").amount == 300
+    # two open sales both take the whole per-card room; the second cannot commit
+    a, b = till.new_sale("ann"), till.new_sale("ann")
+    for s in (a, b):
+        for _ in range(3):
+            till.scan(s, BOOK)
+        till.pay_stored_value(s, "GC-TWIN-0001", 1_000)
+        s.pay_cash(s.cash_due())
+    till.complete(a)
+    head = till.ledger.head()
+    with pytest.raises(TenderError, match=r"at most 0\.00 more can be taken from GC-TWIN-0001"):
+        till.complete(b)
+    assert till.ledger.head() == head and b.state == "open"
+
+
+def test_offline_nothing_is_taken_when_the_limits_are_zero(tmp_path: Path, clock) -> None:  # type: ignore[no-untyped-def]
+    from appliance.stored_value import Limits, StoredValue
+
+    config = parse_config("")
+    with open_ledger(config, tmp_path) as ledger:
+        wallet = StoredValue(ledger, "EUR", limits=Limits(0, 10_000))
+        assert wallet.room("GC-AAAA-BBBB") == (0, "the shop cannot be reached and this till takes no gift cards or "
+                                                  "store credit offline")  # fmt: skip
+
+
+def test_a_gift_card_sold_in_a_sale_is_credited_only_when_the_sale_completes(credit_till: Till) -> None:
+    till = credit_till
+    sale = till.new_sale("ann")
+    till.scan(sale, BOOK)
+    line = till.sell_gift_card(sale, 2_500)
+    code = line.scan.code if line.scan else ""
+    assert code.startswith("GC-") and line.item.name == f"Gift card {code}"
+    assert (line.tax, line.total, line.promo_discount) == (0, 2_500, 0)  # not taxed, no promotions
+    with pytest.raises(NotFound):
+        StoredValue(till.ledger, "EUR").get(code)  # not before the sale completes
+    with pytest.raises(InputError, match="already in this sale"):
+        till.sell_gift_card(sale, 1_000, code)
+    with pytest.raises(InputError, match="store credit; only gift cards"):
+        till.sell_gift_card(sale, 1_000, "SC-AAAA-BBBB")
+    with pytest.raises(InputError, match=r"sold for 0\.01 to 500\.00"):
+        till.sell_gift_card(sale, 50_001)
+    voided = till.sell_gift_card(sale, 1_000, "GC-VOID-0001")
+    sale.void_line(voided.no, till.clock.now())
+    sale.pay_cash(sale.cash_due())
+    done = till.complete(sale)
+    assert StoredValue(till.ledger, "EUR").balance(code) == 2_500
+    with pytest.raises(NotFound):
+        StoredValue(till.ledger, "EUR").get("GC-VOID-0001")
+    [moved] = _events(till)
+    assert (moved["op"], moved["delta"], moved["balance"], moved["ref"]) == ("issue", 2_500, 2_500, done.doc["id"])
+    # a top-up of the same card
+    top = till.new_sale("ann")
+    assert till.sell_gift_card(top, 1_000, code.lower()).item.name == f"Gift card top-up {code}"
+    top.pay_cash(top.cash_due())
+    till.complete(top)
+    assert StoredValue(till.ledger, "EUR").balance(code) == 3_500
+    assert [m["op"] for m in _events(till)] == ["issue", "top_up"]
+    # a gift card line is not refunded like goods
+    with pytest.raises(SaleError, match="is a gift card; its value stays on the card"):
+        till.returns.plan_receipted(till.returns.find_sale(str(done.committed.number)),
+                                    [ReturnRequest(Decimal(1), line=2)])  # fmt: skip
+
+
+def test_voiding_a_sale_reverses_its_offline_and_online_tenders(offline_till: Till) -> None:
+    till = offline_till
+    sale = till.new_sale("ann")
+    till.scan(sale, BOOK)
+    tender = till.pay_stored_value(sale, "GC-ABCD-EFGH")
+    till.cancel(sale, actor="sue", reason="customer left")
+    [reversal] = _events(till)
+    got = (reversal["op"], reversal["delta"], reversal["reverses"], reversal["staff"])
+    assert got == ("reverse", 0, tender.detail["move"], "sue")
+    entry = till.ledger.entry(till.ledger.head()[0])
+    assert entry is not None and entry.type == "stored_value.reversed" and entry.actor == "sue"
+    assert till.stored_value.room("GC-ABCD-EFGH")[0] == 1_000  # never booked, so nothing is outstanding
+    _valid_events(till)
+
+
+def test_check_offline_uses_the_last_known_balance(offline_till: Till) -> None:
+    wallet = offline_till.stored_value
+    with pytest.raises(DeviceUnavailable, match="has no balance for GC-NEW1-0001"):
+        wallet.check("GC-NEW1-0001")
+    wallet.remember({"account": "GC-NEW1-0001", "kind": "gift_card", "balance": -250, "currency": "EUR"})
+    seen = wallet.check("gc-new1-0001")
+    assert (seen.balance, seen.source, seen.known_at) == (-250, "till", "2026-03-02T09:30:00.000Z")
+    with pytest.raises(InputError, match="not a gift card or store credit number"):
+        wallet.check("GC 1")

@@ -150,6 +150,11 @@ def test_an_online_order_is_returned_at_a_till(store: Store) -> None:
     assert till.ledger.conn.execute("SELECT source, reference FROM remote_sales").fetchall() == [("online", "web-7")]
     with pytest.raises(SaleError, match=r"^receipt web-8 cannot be returned: order web-8 has no paid prices"):
         till.returns.find_sale("web-8")
+    # paid but never collected: the goods are still in the store, the shop refunds it
+    store.hub.place_order("demo", "web-9", [JUICE_PAID], status="expired", currency="EUR",
+                          paid_at=iso_utc(till.clock.now()))  # fmt: skip
+    with pytest.raises(SaleError, match=r"^receipt web-9 cannot be returned: order web-9 was expired"):
+        till.returns.find_sale("web-9")
 
 
 def test_an_unknown_reference_is_a_clear_not_found(store: Store) -> None:

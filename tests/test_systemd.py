@@ -21,7 +21,8 @@ needs_systemd = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reas
 def test_units_verify(unit: str, tmp_path: Path) -> None:
     # Executables of the appliance image do not exist on the build machine: point them at /bin/sh.
     text = (UNITS / unit).read_text()
-    text = text.replace("/opt/tillbox/current/bin/tillbox", "/bin/sh").replace("/usr/bin/cage", "/bin/sh")
+    for exe in ("/opt/tillbox/current/bin/tillbox", "/opt/tillbox/current/bin/python", "/usr/bin/cage"):
+        text = text.replace(exe, "/bin/sh")
     (tmp_path / unit).write_text(text)
     out = subprocess.run(["systemd-analyze", "verify", str(tmp_path / unit)], capture_output=True, text=True,
                          check=False)  # fmt: skip
@@ -63,3 +64,61 @@ def test_watchdog_interval() -> None:
     assert watchdog_interval(environ={"WATCHDOG_USEC": "30000000"}) == 15.0
     assert watchdog_interval(environ={}) is None
     assert watchdog_interval(environ={"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None
+
+
+# -- udev rules: every USB id is documented and was checked --------------------------------------
+
+RULES = UNITS / "99-tillbox.rules"
+# The names under which the ids in the rules were checked: the usb.ids list (what lsusb shows),
+# or for 2e8a:0005 Raspberry Pi's own USB PID list, which usb.ids does not carry yet.
+CHECKED_IDS = {
+    "04b8": "Seiko Epson Corp.",
+    "0519": "Star Micronics Co., Ltd",
+    "0416:5011": "Virtual Com Port",
+    "05e0": "Symbol Technologies",
+    "0c2e": "Metrologic Instruments",
+    "0536": "Hand Held Products (Welch Allyn, Inc.)",
+    "05f9": "PSC Scanning, Inc.",
+    "080c": "Datalogic S.p.A.",
+    "0801": "MagTek",
+    "0acd": "ID Tech",
+    "0c27": "RFIDeas, Inc",
+    "0b00": "INGENICO",
+    "11ca": "VeriFone Inc",
+    "0eb8": "Mettler Toledo",
+    "0403:6001": "FT232 Serial (UART) IC",
+    "2e8a:0005": "Raspberry Pi Pico MicroPython firmware (CDC)",
+}
+_SOURCE = re.compile(r'\((?:usb\.ids|Raspberry Pi USB PID list): ([0-9a-f]{4}(?::[0-9a-f]{4})?) "([^"]+)"\)$')
+_ID = re.compile(r'ATTRS?\{(idVendor|idProduct)\}=="([^"]*)"')
+
+
+def rules_with_their_comment() -> list[tuple[str, str]]:
+    """(rule, the comment line right above its block of rules) for every rule line."""
+    out, comment = [], ""
+    for line in RULES.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            comment = line
+        elif line.strip():
+            out.append((line, comment))
+        else:
+            comment = ""
+    return out
+
+
+def test_every_usb_id_in_the_udev_rules_is_well_formed_and_documented() -> None:
+    rules = rules_with_their_comment()
+    assert len(rules) > 10
+    used = set()
+    for rule, comment in rules:
+        ids = dict(_ID.findall(rule))
+        if not ids:
+            continue
+        assert set(ids) <= {"idVendor", "idProduct"} and "idVendor" in ids, rule
+        assert all(re.fullmatch("[0-9a-f]{4}", v) for v in ids.values()), rule  # lower-case hex, as sysfs has it
+        key = ids["idVendor"] + (f":{ids['idProduct']}" if "idProduct" in ids else "")
+        source = _SOURCE.search(comment)
+        assert source, f"no comment naming the device and where its id was checked above: {rule}"
+        assert source.groups() == (key, CHECKED_IDS.get(key)), (rule, comment)
+        used.add(key)
+    assert used == set(CHECKED_IDS)  # no checked id without its rule, no rule without its check

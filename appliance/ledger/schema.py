@@ -335,5 +335,104 @@ def _v4(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4)
+def _v5_orders(conn: sqlite3.Connection) -> None:
+    """Pickup and ship-from-store orders: every action this till took on an order (append-only)."""
+    db = sqlite_utils.Database(conn)
+    db.table("order_actions").create(
+        {
+            "id": int,
+            "order_id": str,
+            "action": str,
+            "event_seq": int,
+            "staff": str,
+            "time": str,
+            "data": str,
+            "journal_seq": int,
+        },
+        pk="id",
+        not_null={"order_id", "action", "time", "data", "journal_seq"},
+        foreign_keys=[("journal_seq", "journal", "seq")],
+    )
+    db.table("order_actions").create_index(["order_id"])
+    db.table("pickup_orders").create_index(["status"])
+    _append_only(conn, "order_actions")
+
+
+def _v6_accounts(conn: sqlite3.Connection) -> None:
+    """Gift cards, store credit and loyalty with the shop's hub as authority (docs/accounts.md).
+
+    ``account_moves`` (append-only) holds every movement this till made, with the id the hub
+    applies it under once; ``stored_value`` and ``loyalty_points`` become the last balances this
+    till knows (its own movements and the shop's answers), so a balance may be negative.
+    """
+    db = sqlite_utils.Database(conn)
+    db.table("account_moves").create(
+        {
+            "id": str,
+            "book": str,
+            "kind": str,
+            "account": str,
+            "op": str,
+            "delta": int,
+            "mode": str,
+            "reason": str,
+            "ref": str,
+            "actor": str,
+            "time": str,
+            "journal_seq": int,
+            "event_seq": int,
+        },
+        pk="id",
+        not_null={"book", "kind", "account", "op", "delta", "mode", "time", "journal_seq"},
+        foreign_keys=[("journal_seq", "journal", "seq")],
+    )
+    db.table("account_moves").create_index(["book", "account"])
+    db.table("account_moves").create_index(["mode"])
+    _append_only(conn, "account_moves")
+    db.table("loyalty_points").create(
+        {"customer": str, "points": int, "known_at": str, "updated_at": str},
+        pk="customer",
+        not_null={"points", "updated_at"},
+    )
+    db.table("stored_value").add_column("known_at", str)
+    conn.execute("DROP TRIGGER stored_value_not_negative")
+
+
+def _v7_customers(conn: sqlite3.Connection) -> None:
+    """Customers from the shop: identifiers, cache age and version; customer events can be redacted.
+
+    Only ``tillbox.customer.created``/``updated`` outbox events may be changed, and only to their
+    redacted form (``{"id", "redacted": true}``), so an erasure leaves no personal data on the till.
+    """
+    db = sqlite_utils.Database(conn)
+    customers = db.table("customers")
+    for column in ("card", "badge", "phone_key", "qr_sha256", "origin", "cached_at"):
+        customers.add_column(column, str)
+    customers.add_column("version", int)
+    for column in ("card", "badge", "phone_key"):
+        customers.create_index([column])
+    conn.execute("UPDATE customers SET origin = 'till', cached_at = created_at WHERE erased_at IS NULL AND consent = 1")
+    conn.execute("DROP TRIGGER outbox_immutable")
+    conn.execute(
+        "CREATE TRIGGER outbox_immutable BEFORE UPDATE OF seq, id, type, time, subject, journal_seq "
+        "ON outbox BEGIN SELECT RAISE(ABORT, 'outbox events are immutable'); END"
+    )
+    conn.execute(
+        "CREATE TRIGGER outbox_data_immutable BEFORE UPDATE OF data ON outbox "
+        "WHEN OLD.type NOT IN ('tillbox.customer.created', 'tillbox.customer.updated') "
+        "OR json_extract(NEW.data, '$.redacted') IS NOT 1 "
+        "OR json_extract(NEW.data, '$.id') IS NOT json_extract(OLD.data, '$.id') "
+        "BEGIN SELECT RAISE(ABORT, 'outbox events are immutable'); END"
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _v1,
+    _v2,
+    _v3,
+    _v4,
+    _v5_orders,
+    _v6_accounts,
+    _v7_customers,
+)
 LATEST_VERSION = len(MIGRATIONS)

@@ -37,7 +37,8 @@ async function loadSync() {
   facts($("#sync-info"), [["Host name", s.network.hostname], ["Interfaces", ifaces], ["Sync", s.enabled ? "enabled" : "off"],
     ["MQTT connected", s.connected ? "yes" : "no"], ["Brokers", (s.brokers || []).join(", ")],
     ["Outbox backlog", `${s.backlog.size} event(s)`], ["Oldest unconfirmed", s.backlog.oldest],
-    ["Last sequence", s.state ? s.state.last_seq : null], ["Last acknowledged", s.state ? s.state.last_acked_seq : null]]);
+    ["Last sequence", s.state ? s.state.last_seq : null], ["Last acknowledged", s.state ? s.state.last_acked_seq : null],
+    ["Catalog version", s.state ? s.state.catalog_version : null], ["Alerts", s.state ? s.state.alerts.join(", ") || "none" : null]]);
 }
 
 async function loadVersions() {

@@ -1,0 +1,383 @@
+"""Loyalty points: earned on completed sales under configured rules, redeemed as a tender through the hub.
+
+A customer's points are keyed by customer id (the id the customer lookup gives; the hub
+also takes a loyalty card number linked to one). The shop's hub holds the balances, like
+gift cards (docs/accounts.md): a redemption asks the hub first (``req/loyalty-move``,
+request id = movement id, asked again with the same id when no answer came); when the shop
+cannot be reached the till redeems at most ``offline_limit_per_customer`` points for one
+customer and ``offline_limit_per_till`` in all (not yet acknowledged by the shop). Points
+earned by a sale are recorded in the sale's transaction and reach the hub as a
+``tillbox.loyalty.moved`` event. A till without a shop keeps the balances itself.
+
+Earning (:func:`points_earned`) is pure: the gross totals of the sale's lines, without
+voided lines, gift cards and the excluded departments and tax classes, less what points
+paid, times ``points_per_unit`` per whole currency unit, rounded down.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal
+from typing import TYPE_CHECKING, Any, Final
+
+from appliance.clock import Clock, SystemClock, iso_utc
+from appliance.errors import DeviceUnavailable, InputError, NotFound, SaleError, TenderError, TillboxError
+from appliance.ids import uuid7
+from appliance.ledger import Ledger, NewEvent, Tx
+from appliance.money import Currency
+from appliance.sale import Sale
+from appliance.stored_value import GIFT_CARD_DEPARTMENT, Limits, Remote, ask, outstanding, record, sale_tender
+from appliance.tenders import Tender, TenderKind
+
+if TYPE_CHECKING:
+    from appliance.config import Config
+
+log = logging.getLogger(__name__)
+
+BOOK: Final = "loyalty"
+EVENT: Final = "tillbox.loyalty.moved"
+_KIND: Final = str(TenderKind.LOYALTY)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """How points are earned and what they are worth."""
+
+    enabled: bool = False
+    points_per_unit: Decimal = Decimal(1)
+    point_value: int = 1
+    min_redeem: int = 1
+    excluded_departments: frozenset[str] = frozenset()
+    excluded_tax_classes: frozenset[str] = frozenset()
+    excluded_skus: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_config(cls, config: Config) -> Rules:
+        lo = config.loyalty
+        return cls(enabled=lo.enabled, points_per_unit=lo.points_per_unit, point_value=lo.point_value,
+                   min_redeem=lo.min_redeem_points, excluded_departments=frozenset(lo.excluded_departments),
+                   excluded_tax_classes=frozenset(lo.excluded_tax_classes),
+                   excluded_skus=frozenset({config.stored_value.gift_card_sku}))  # fmt: skip
+
+
+def eligible(line: Mapping[str, Any], rules: Rules) -> bool:
+    """Whether a sale line earns points."""
+    return not (line.get("voided") or line.get("department") in rules.excluded_departments
+                or line.get("department") == GIFT_CARD_DEPARTMENT or line.get("tax_class") in rules.excluded_tax_classes
+                or line.get("sku") in rules.excluded_skus)  # fmt: skip
+
+
+def points_earned(doc: Mapping[str, Any], rules: Rules, currency: Currency) -> int:
+    """Points a completed sale document earns its customer (0 without one or with loyalty off)."""
+    if not rules.enabled or not doc.get("customer_id"):
+        return 0
+    base = sum(int(ln["total"]) for ln in doc.get("lines", []) if eligible(ln, rules))
+    base -= sum(int(t["amount"]) for t in doc.get("tenders", []) if t.get("kind") == _KIND)
+    if base <= 0:
+        return 0
+    units = Decimal(base).scaleb(-currency.exponent)
+    return int((units * rules.points_per_unit).to_integral_value(rounding=ROUND_FLOOR))
+
+
+@dataclass(frozen=True)
+class Points:
+    """A customer's points; ``source`` is "shop" when the hub just said it, "till" for the last known."""
+
+    customer: str
+    points: int
+    known_at: str | None = None
+    source: str = "till"
+
+
+@dataclass(frozen=True)
+class PointsRedemption:
+    """Points being redeemed: the movement id is the request id and the tender's id."""
+
+    move_id: str
+    customer: str
+    points: int
+    partial: bool
+    sale_id: str
+    staff: str | None = None
+
+
+def points_move(tx: Tx, customer: str, delta: int, *, time: str, op: str, reason: str, ref: str, journal_seq: int,
+                mode: str = "local", move_id: str | None = None, balance: int | None = None, actor: str | None = None,
+                reverses: str | None = None, authority: bool = False) -> int | None:  # fmt: skip
+    """Record a change of a customer's points in this transaction; returns the points the till knows after it.
+
+    Points of a customer the till knows nothing of stay unknown (a credit is not the whole
+    balance), unless the till is the ``authority`` (it has no shop).
+    """
+    conn = tx.conn
+    row = conn.execute("SELECT points FROM loyalty_points WHERE customer = ?", (customer,)).fetchone()
+    if mode == "local" and delta < 0 and (row is None or int(row[0]) + delta < 0):
+        raise TenderError(f"customer {customer} has only {0 if row is None else int(row[0])} points")
+    if mode == "online" and balance is not None:
+        known: int | None = balance
+    elif row is not None:
+        known = int(row[0]) + delta
+    else:
+        known = delta if authority and delta > 0 else None
+    if known is not None:
+        conn.execute(
+            "INSERT INTO loyalty_points(customer, points, known_at, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(customer) DO UPDATE SET points = excluded.points, updated_at = excluded.updated_at, "
+            "known_at = COALESCE(excluded.known_at, known_at)",
+            (customer, known, time if mode == "online" else None, time),
+        )
+    mid = move_id or uuid7()
+    data: dict[str, Any] = {"move_id": mid, "op": op, "customer": customer, "delta": delta, "balance": known,
+                            "reason": reason, "ref": ref, "mode": mode, "staff": actor}  # fmt: skip
+    if reverses is not None:
+        data["reverses"] = reverses
+    record(tx, NewEvent(EVENT, data, subject=customer), move_id=mid, book=BOOK, kind=_KIND, account=customer, op=op,
+           delta=delta, mode=mode, reason=reason, ref=ref, actor=actor, time=time, journal_seq=journal_seq)  # fmt: skip
+    return known
+
+
+class Loyalty:
+    """Loyalty points at one till: balances, redemption as a tender, earning on sales, reversals."""
+
+    def __init__(self, ledger: Ledger, currency: Currency, rules: Rules | None = None, *, limits: Limits | None = None,
+                 timeout: float | None = None, retries: int = 1, remote: Remote | None = None,
+                 clock: Clock | None = None) -> None:  # fmt: skip
+        self.ledger = ledger
+        self.currency = currency
+        self.rules = rules or Rules()
+        self.limits = limits or Limits(per_account=500, per_till=2000)
+        self.timeout = timeout
+        self.retries = retries
+        self.remote = remote  # set when sync runs: the hub is the authority
+        self.clock = clock or SystemClock()
+
+    @classmethod
+    def from_config(cls, ledger: Ledger, config: Config, clock: Clock | None = None) -> Loyalty:
+        lo, sv = config.loyalty, config.stored_value
+        return cls(ledger, config.currency, Rules.from_config(config),
+                   limits=Limits(lo.offline_limit_per_customer, lo.offline_limit_per_till),
+                   timeout=float(sv.request_timeout), retries=sv.retries, clock=clock)  # fmt: skip
+
+    def _require(self) -> None:
+        if not self.rules.enabled:
+            raise SaleError("loyalty points are not enabled on this till")
+
+    # -- balances --------------------------------------------------------------------------------
+
+    def get(self, customer: str) -> Points:
+        """The points this till last knew for a customer; :class:`NotFound` when it knows none."""
+        row = self.ledger.conn.execute("SELECT points, known_at FROM loyalty_points WHERE customer = ?",
+                                       (customer,)).fetchone()  # fmt: skip
+        if row is None:
+            raise NotFound(f"no loyalty points known for customer {customer}")
+        return Points(customer, int(row[0]), row[1])
+
+    def ask_balance(self, customer: str) -> dict[str, Any] | None:
+        """The hub's answer (any thread); None when the shop cannot be reached."""
+        return ask(self.remote, "loyalty-balance", {"customer": customer}, request_id=uuid7(), timeout=self.timeout,
+                   retries=0)  # fmt: skip
+
+    def remember(self, answer: Mapping[str, Any]) -> Points:
+        """Keep the hub's answer as the points this till knows (a cache, not a movement)."""
+        time = iso_utc(self.clock.now())
+        customer, points = str(answer["customer"]), int(answer["points"])
+        with self.ledger.transaction("remembering loyalty points") as tx:
+            tx.conn.execute(
+                "INSERT INTO loyalty_points(customer, points, known_at, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(customer) DO UPDATE SET points = excluded.points, known_at = excluded.known_at, "
+                "updated_at = excluded.updated_at",
+                (customer, points, time, time),
+            )
+        return Points(customer, points, time, "shop")
+
+    def check(self, customer: str) -> Points:
+        """Points from the shop when it answers, else the last known (blocks while asking)."""
+        who = _customer(customer)
+        return self.settle(who, self.ask_balance(who))
+
+    def settle(self, customer: str, answer: Mapping[str, Any] | None) -> Points:
+        """The points given the shop's answer to :meth:`ask_balance` (None: it could not be reached)."""
+        if answer is not None:
+            return self.remember(answer)
+        try:
+            return self.get(customer)
+        except NotFound:
+            if self.remote is None:
+                return Points(customer, 0)
+            raise DeviceUnavailable(f"the shop cannot be reached and this till knows no points of {customer}") from None
+
+    # -- redeeming -------------------------------------------------------------------------------
+
+    def plan(self, sale: Sale, points: int | None = None, customer: str | None = None) -> PointsRedemption:
+        """Check a redemption against the sale and the rules; give it its movement id (no I/O)."""
+        self._require()
+        who = _customer(customer or sale.customer_id or "")
+        if sale.state != "open":
+            raise SaleError(f"sale is {sale.state}")
+        due = sale.totals().due
+        if due <= 0:
+            raise TenderError("the sale is already paid")
+        value, least = self.rules.point_value, self.rules.min_redeem
+        most = due // value
+        if points is not None and points <= 0:
+            raise TenderError("points to redeem must be positive")
+        if points is not None and points > most:
+            raise TenderError(f"{points} points pay {self.currency.plain(points * value)}, more than the "
+                              f"{self.currency.plain(due)} due")  # fmt: skip
+        want = most if points is None else points
+        if want < least:
+            raise TenderError(f"at least {least} points are redeemed at once")
+        return PointsRedemption(uuid7(), who, want, points is None, sale.id, sale.cashier)
+
+    def ask(self, r: PointsRedemption) -> dict[str, Any] | None:
+        """Ask the hub to redeem (any thread); None when it cannot be reached. Declines are raised."""
+        body = {"op": "redeem", "customer": r.customer, "points": r.points, "partial": r.partial, "ref": r.sale_id,
+                "staff": r.staff}  # fmt: skip
+        return ask(self.remote, "loyalty-move", body, request_id=r.move_id, timeout=self.timeout, retries=self.retries)
+
+    def tender(self, sale: Sale, r: PointsRedemption, answer: Mapping[str, Any] | None) -> Tender:
+        """Put the points on the sale: as the hub answered, else offline within limits, else from local points."""
+        value = self.rules.point_value
+        if answer is not None:
+            taken = -int(answer["delta"])
+            if taken < self.rules.min_redeem:
+                self._undo(r)
+                raise TenderError(f"customer {r.customer} has too few points ({int(answer['balance']) + taken})")
+            detail = {"move": r.move_id, "mode": "online", "points": str(taken), "balance": str(int(answer["balance"]))}
+            try:
+                return sale.pay_electronic(TenderKind.LOYALTY, taken * value, r.customer, detail)
+            except TillboxError:
+                self._undo(r)
+                raise
+        pending = [t for t in sale.tenders if t.kind is TenderKind.LOYALTY]
+        on_sale = sum(int(t.detail.get("points", "0")) for t in pending if t.reference == r.customer)
+        try:
+            known: int | None = self.get(r.customer).points
+        except NotFound:
+            known = None
+        if self.remote is None:
+            available = (known or 0) - on_sale
+            taken = min(r.points, available) if r.partial else r.points
+            if taken <= 0 or taken > available or taken < self.rules.min_redeem:
+                raise TenderError(f"customer {r.customer} has only {max(available, 0)} points")
+            mode = "local"
+        else:
+            offline = sum(int(t.detail.get("points", "0")) for t in pending if t.detail.get("mode") == "offline")
+            room, why = self.room(r.customer, pending=offline, pending_customer=on_sale, known=known)
+            taken = min(r.points, room) if r.partial else r.points
+            if taken <= 0 or taken > room or taken < self.rules.min_redeem:
+                raise TenderError(why)
+            mode = "offline"
+        detail = {"move": r.move_id, "mode": mode, "points": str(taken)}
+        return sale.pay_electronic(TenderKind.LOYALTY, taken * value, r.customer, detail)
+
+    def pay(self, sale: Sale, points: int | None = None, customer: str | None = None) -> Tender:
+        """Plan, ask the hub and tender in one call (blocks while the shop is asked)."""
+        r = self.plan(sale, points, customer)
+        return self.tender(sale, r, self.ask(r))
+
+    def room(self, customer: str, *, pending: int = 0, pending_customer: int = 0, known: int | None = None
+             ) -> tuple[int, str]:  # fmt: skip
+        """Points that may still be redeemed offline for ``customer`` here, and the one-line reason of the limit."""
+        lim = self.limits
+        if lim.per_account <= 0 or lim.per_till <= 0:
+            return 0, "the shop cannot be reached and this till redeems no points offline"
+        conn = self.ledger.conn
+        mine = lim.per_account - outstanding(conn, BOOK, customer) - pending_customer
+        till = lim.per_till - outstanding(conn, BOOK) - pending
+        options = [
+            (mine, f"the shop cannot be reached: at most {max(mine, 0)} more points can be redeemed for this "
+                   f"customer offline (limit {lim.per_account})"),
+            (till, f"the shop cannot be reached: this till can redeem at most {max(till, 0)} more points offline "
+                   f"(limit {lim.per_till})"),
+        ]  # fmt: skip
+        if known is not None:
+            left = known - pending_customer
+            options.append((left, f"the customer had {max(left, 0)} points when last seen and the shop cannot be "
+                                  "reached to check"))  # fmt: skip
+        value, why = min(options, key=lambda o: o[0])
+        return max(value, 0), why
+
+    def _undo(self, r: PointsRedemption) -> None:
+        time = iso_utc(self.clock.now())
+        with self.ledger.transaction("reversing a points payment") as tx:
+            entry = tx.journal("loyalty.reversed", {"sale_id": r.sale_id, "move": r.move_id}, time=time, actor=r.staff)
+            points_move(tx, r.customer, 0, time=time, op="reverse", reason="void", ref=r.sale_id,
+                        journal_seq=entry.seq, actor=r.staff, reverses=r.move_id)  # fmt: skip
+
+    # -- in the sale's transaction ---------------------------------------------------------------
+
+    def precheck(self, tx: Tx, doc: Mapping[str, Any]) -> None:
+        """Before a sale commits: its offline point tenders still fit the limits."""
+        offline = [t for t in doc.get("tenders", []) if t["kind"] == _KIND
+                   and (t.get("detail") or {}).get("mode") == "offline"]  # fmt: skip
+        total = sum(int(t["detail"]["points"]) for t in offline)
+        for customer in sorted({str(t["reference"]) for t in offline}):
+            mine = sum(int(t["detail"]["points"]) for t in offline if t["reference"] == customer)
+            room, why = self.room(customer, pending=total - mine)
+            if mine > room:
+                raise TenderError(why)
+
+    def record_sale(self, tx: Tx, doc: Mapping[str, Any], journal_seq: int) -> int:
+        """Record the sale's point tenders and the points it earns (same transaction); returns the points earned."""
+        time, sale_id, actor = str(doc["completed_at"]), str(doc["id"]), doc.get("cashier")
+        for t in doc.get("tenders", []):
+            if t["kind"] != _KIND:
+                continue
+            detail = sale_tender(tx.conn, journal_seq, _KIND, str(t["reference"]), sale_id, BOOK)
+            points = int(detail.get("points") or 0)
+            if points <= 0:
+                raise TenderError(f"the points payment of {t['reference']} names no points")
+            points_move(tx, str(t["reference"]), -points, time=time, op="redeem", reason="sale", ref=sale_id,
+                        journal_seq=journal_seq, mode=detail.get("mode", "local"), move_id=detail.get("move"),
+                        balance=int(detail["balance"]) if "balance" in detail else None, actor=actor)  # fmt: skip
+        earned = points_earned(doc, self.rules, self.currency)
+        if earned > 0:
+            points_move(tx, str(doc["customer_id"]), earned, time=time, op="earn", reason="sale", ref=sale_id,
+                        journal_seq=journal_seq, actor=actor, authority=self.remote is None)  # fmt: skip
+        return earned
+
+    def reverse(self, sale: Sale, *, actor: str | None) -> list[str]:
+        """Give back the points a voided sale's tenders took at the hub (recorded and emitted, never waited for)."""
+        tenders = [t for t in sale.tenders if t.kind is TenderKind.LOYALTY and t.detail.get("mode") in
+                   ("online", "offline")]  # fmt: skip
+        if not tenders:
+            return []
+        time = iso_utc(self.clock.now())
+        ids = []
+        with self.ledger.transaction("reversing points payments") as tx:
+            entry = tx.journal("loyalty.reversed", {"sale_id": sale.id, "tenders": [t.to_doc() for t in tenders]},
+                               time=time, actor=actor)  # fmt: skip
+            for t in tenders:
+                rid = uuid7()
+                points_move(tx, str(t.reference), 0, time=time, op="reverse", reason="void", ref=sale.id,
+                            journal_seq=entry.seq, move_id=rid, actor=actor, reverses=t.detail["move"])  # fmt: skip
+                ids.append(rid)
+        return ids
+
+
+def refund_points(tx: Tx, refund: Mapping[str, Any], *, time: str, ref: str, journal_seq: int, actor: str | None
+                  ) -> None:  # fmt: skip
+    """Credit back the points of a return refunded onto the customer's loyalty account."""
+    points = int(refund.get("points") or 0)
+    if points > 0:
+        points_move(tx, str(refund["reference"]), points, time=time, op="refund", reason="return", ref=ref,
+                    journal_seq=journal_seq, actor=actor)  # fmt: skip
+
+
+def points_for_refund(tender: Mapping[str, Any], part: int) -> int:
+    """Points to give back for ``part`` of a points tender (in proportion, rounded down)."""
+    detail = tender.get("detail") or {}
+    points, amount = int(detail.get("points") or 0), int(tender["amount"])
+    if points <= 0 or amount <= 0:
+        return 0
+    return points * part // amount
+
+
+def _customer(value: str) -> str:
+    text = value.strip()
+    if not text or len(text) > 64 or not text.isprintable() or " " in text:
+        raise InputError("attach a customer (or give a loyalty card) to use points")
+    return text
