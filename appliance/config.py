@@ -1091,7 +1091,9 @@ class StoredValueSection(Table):
 
     offline_limit_per_card: int = money(
         "Most this till takes from one gift card or store credit account while the shop cannot be reached "
-        "(offline redemptions not yet confirmed by the shop); 0 refuses offline redemptions.", "50.00", lo=0
+        "(offline redemptions not yet confirmed by the shop); 0 refuses offline redemptions.",
+        "50.00",
+        lo=0,
     )
     offline_limit_per_till: int = money(
         "Most this till takes from all gift cards and store credit together while offline (not yet confirmed).",

@@ -412,8 +412,11 @@ class Daemon:
 
         self.orders = Orders(self.t)
         if self.orders.policy.expire:
-            task = expire_periodically(self.orders, interval=self.orders.policy.expiry_check_minutes * 60.0,
-                                       on_expired=lambda ids: self.hub.publish("orders", ids=ids, status="expired"))
+            task = expire_periodically(
+                self.orders,
+                interval=self.orders.policy.expiry_check_minutes * 60.0,
+                on_expired=lambda ids: self.hub.publish("orders", ids=ids, status="expired"),
+            )
             self._tasks.append(asyncio.create_task(task, name="tillbox-orders"))
 
     def _apply_remote_config(self, ledger: Any) -> None:
@@ -654,8 +657,13 @@ class Daemon:
             return {"status": "starting", "devices": {}, "version": __version__}
         bad = [h for h in self._health.values() if h["health"] != str(Health.OK)]
         sync = None if self.sync is None else ("connected" if self.sync.link.connected else "offline")
-        return {"status": "degraded" if bad else "ok", "devices": self._health, "version": __version__, "sync": sync,
-                "alerts": [a["code"] for a in self._alerts]}
+        return {
+            "status": "degraded" if bad else "ok",
+            "devices": self._health,
+            "version": __version__,
+            "sync": sync,
+            "alerts": [a["code"] for a in self._alerts],
+        }
 
     async def _health_loop(self) -> None:
         watchdog = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6

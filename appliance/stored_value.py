@@ -198,7 +198,7 @@ def move(tx: Tx, kind: str, account: str, delta: int, *, time: str, reason: str,
         actor = actor or _journal_actor(conn, journal_seq)
     mode = mode or "local"
     row = conn.execute("SELECT kind, balance, currency FROM stored_value WHERE account = ?", (account,)).fetchone()
-    if row is not None:
+    if row is not None and mode != "online":  # online, the hub has checked and taken it already
         if row[0] != kind:
             raise TenderError(f"{account} is a {row[0].replace('_', ' ')}, not a {kind.replace('_', ' ')}")
         if row[2] != currency:
@@ -220,8 +220,9 @@ def move(tx: Tx, kind: str, account: str, delta: int, *, time: str, reason: str,
         shop_time = time if mode == "online" else None
         conn.execute(
             "INSERT INTO stored_value(account, kind, balance, currency, updated_at, known_at) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(account) DO UPDATE SET balance = excluded.balance, "
-            "updated_at = excluded.updated_at, known_at = COALESCE(excluded.known_at, known_at)",
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(account) DO UPDATE SET kind = excluded.kind, "
+            "balance = excluded.balance, currency = excluded.currency, updated_at = excluded.updated_at, "
+            "known_at = COALESCE(excluded.known_at, known_at)",
             (account, kind, known, currency, time, shop_time),
         )
     mid = move_id or uuid7()

@@ -65,7 +65,7 @@ def _tender_view(daemon: Daemon, tender: Tender) -> dict[str, Any]:
     return view
 
 
-async def _pay(daemon: Daemon, session: Session, plan: Callable[[Sale], R], ask: Callable[[R], Any],
+async def _pay(daemon: Daemon, session: Session, what: str, plan: Callable[[Sale], R], ask: Callable[[R], Any],
                tender: Callable[[Sale, R, Any], Tender], print_receipt: bool) -> dict[str, Any]:  # fmt: skip
     """Plan on the loop, ask the shop in an executor, tender on the loop; complete the sale when paid."""
     from kiosk_ui.auth import ApprovalRequired
@@ -75,7 +75,7 @@ async def _pay(daemon: Daemon, session: Session, plan: Callable[[Sale], R], ask:
     if daemon.needs:
         raise ApprovalRequired(daemon.needs[0])
     r = plan(sale)
-    daemon.busy = "gift card"
+    daemon.busy = what
     daemon.hub.publish("payment", state="waiting", amount=None)
     try:
         answer = await daemon._io(ask, r)
@@ -124,14 +124,14 @@ def create_router(daemon: Daemon) -> APIRouter:
     @api.post("/cart/payments/stored-value", summary="Pay with a gift card or store credit; a paid sale is committed")
     async def pay_stored_value(body: StoredValuePayIn, s: S) -> dict[str, Any]:
         wallet = daemon.t.stored_value
-        return await _pay(daemon, s, lambda sale: wallet.plan(sale, body.account, body.amount), wallet.ask,
+        return await _pay(daemon, s, "gift card", lambda sale: wallet.plan(sale, body.account, body.amount), wallet.ask,
                           wallet.tender, body.print)  # fmt: skip
 
     @api.post("/cart/payments/points", summary="Pay with the attached customer's loyalty points")
     async def pay_points(body: PointsPayIn, s: S) -> dict[str, Any]:
         loyalty = daemon.t.loyalty
-        return await _pay(daemon, s, lambda sale: loyalty.plan(sale, body.points), loyalty.ask, loyalty.tender,
-                          body.print)  # fmt: skip
+        return await _pay(daemon, s, "points", lambda sale: loyalty.plan(sale, body.points), loyalty.ask,
+                          loyalty.tender, body.print)  # fmt: skip
 
     @api.post("/cart/gift-cards", summary="Sell a gift card, or top one up; it is credited when the sale completes")
     async def sell_gift_card(body: GiftCardIn, s: S) -> dict[str, Any]:

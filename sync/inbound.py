@@ -133,8 +133,14 @@ class Inbound:
     def topics(self) -> list[str]:
         """Subscriptions for the documents handled here."""
         s, d = self._store_prefix, self._device_prefix
-        return [f"{s}catalog/+", f"{s}promotions/+", f"{s}stock/+", f"{s}orders/+", f"{d}cfg/desired",
-                f"{s}customers/revoked"]
+        return [
+            f"{s}catalog/+",
+            f"{s}promotions/+",
+            f"{s}stock/+",
+            f"{s}orders/+",
+            f"{d}cfg/desired",
+            f"{s}customers/revoked",
+        ]
 
     def parse(self, topic: str, payload: bytes, schema: str) -> dict[str, Any]:
         """Size check, JSON (decimals, no floats) and schema; raises :class:`Rejected`."""

@@ -154,10 +154,19 @@ _ORDER_HISTORY = _obj(
      "device": {"type": "string", "maxLength": 32}, "staff": _STAFF, "note": _TEXT},
     ["action", "status", "time"],
 )  # fmt: skip
-_PICKS = {"type": "array", "minItems": 1, "maxItems": 500, "items": _obj(
-    {"line": {"type": "integer", "minimum": 1}, "sku": _SKU, "picked": _POS_QTY}, ["line", "sku", "picked"])}
-_HANDED = {"type": "array", "maxItems": 500, "items": _obj(
-    {"line": {"type": "integer", "minimum": 1}, "sku": _SKU, "qty": _POS_QTY}, ["line", "sku", "qty"])}
+_PICKS = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": 500,
+    "items": _obj(
+        {"line": {"type": "integer", "minimum": 1}, "sku": _SKU, "picked": _POS_QTY}, ["line", "sku", "picked"]
+    ),
+}
+_HANDED = {
+    "type": "array",
+    "maxItems": 500,
+    "items": _obj({"line": {"type": "integer", "minimum": 1}, "sku": _SKU, "qty": _POS_QTY}, ["line", "sku", "qty"]),
+}
 
 
 def _order_event(status: str, props: Mapping[str, Any], required: Sequence[str] = ()) -> dict[str, Any]:
@@ -165,22 +174,34 @@ def _order_event(status: str, props: Mapping[str, Any], required: Sequence[str] 
     return _obj({"id": _ORDER_ID, "status": {"const": status}, "version": _SEQ, "kind": {"enum": ["pickup", "ship"]},
                  "staff": _STAFF, **props}, ["id", "status", "staff", *required])  # fmt: skip
 
+
 # -- customers (docs/customers.md) --
-_CUSTOMER_ID = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
-                "description": "The shop's customer id (a UUIDv7 for customers created at a till)."}
+_CUSTOMER_ID = {
+    "type": "string",
+    "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+    "description": "The shop's customer id (a UUIDv7 for customers created at a till).",
+}
 _CUSTOMER_IDENT = {"type": ["string", "null"], "pattern": r"^[A-Z0-9._-]{1,64}$"}
 _CUSTOMER_FIELDS: dict[str, Any] = {
     "name": {"type": "string", "minLength": 1, "maxLength": 120},
-    "email": {"type": ["string", "null"], "maxLength": 254}, "phone": {"type": ["string", "null"], "maxLength": 40},
+    "email": {"type": ["string", "null"], "maxLength": 254},
+    "phone": {"type": ["string", "null"], "maxLength": 40},
     "card": {**_CUSTOMER_IDENT, "description": "Loyalty card number."},
     "badge": {**_CUSTOMER_IDENT, "description": "Badge id."},
     "consent": {"type": "boolean", "description": "The customer agreed that tills keep their record."},
     "consent_at": {"type": ["string", "null"], "maxLength": 40},
 }
 _CUSTOMER_RECORD = _obj(
-    {"id": _CUSTOMER_ID, "version": _VERSION, **_CUSTOMER_FIELDS,
-     "qr_sha256": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$",
-                   "description": "Hex SHA-256 of the app's current QR code (TBC1:<id>:<secret>)."}},
+    {
+        "id": _CUSTOMER_ID,
+        "version": _VERSION,
+        **_CUSTOMER_FIELDS,
+        "qr_sha256": {
+            "type": ["string", "null"],
+            "pattern": "^[0-9a-f]{64}$",
+            "description": "Hex SHA-256 of the app's current QR code (TBC1:<id>:<secret>).",
+        },
+    },
     ["id", "version", "name", "consent"],
 )
 _CUSTOMER_EVENT = _obj(
