@@ -697,7 +697,7 @@ class Orders:
         doc = sale.complete(self.clock.now())
         try:
             with self.ledger.transaction(f"order {order.id} sold and collected") as tx:
-                committed = tx.write_sale(doc)
+                committed = self.till.write_sale(tx, doc)  # with its gift card and points movements
                 self._record(tx, order, "collected", data, staff=staff, time=time, ref_seq=committed.journal.seq)
         except TillboxError:
             sale.state, sale.completed_at = "open", None  # nothing was written

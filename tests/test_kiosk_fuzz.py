@@ -22,7 +22,7 @@ from appliance.daemon import Daemon  # noqa: E402
 from kiosk_ui.testing import DaemonThread, demo_config, demo_prepare  # noqa: E402
 
 #: Long polls (they wait for a badge or a scan) and logging the fuzzer itself out are left out.
-SKIPPED = r"^/api/v1/(session/badge|approvals|tech/test/\{device\})$"
+SKIPPED = r"^/api/v1/(session/badge|customers/identify/badge|approvals|tech/test/\{device\})$"
 #: Refusals that are recorded on purpose: failed logins count towards the lockout.
 RECORDS_WHEN_REFUSED = {"/api/v1/session/pin"}
 

@@ -205,3 +205,20 @@ def test_offline_the_last_known_points_cap_the_redemption(offline_till: Till) ->
         till.pay_points(sale, 40)
     assert till.pay_points(sale).detail["points"] == "30"
     assert till.loyalty.check(CUSTOMER).points == 30
+
+
+def test_an_order_paid_at_pickup_earns_points_like_any_sale(till: Till) -> None:
+    from appliance.orders import Orders
+    from tests.test_orders import order_doc, receive
+
+    assert receive(till, order_doc(payment="at_pickup"))
+    orders = Orders(till)
+    orders.pick("web-1", {1: Decimal(2), 2: Decimal(3)}, staff="ann")
+    orders.ready("web-1", staff="ann")
+    sale = orders.sale_for("web-1", cashier="ann")
+    sale.customer_id = CUSTOMER
+    sale.pay_cash(sale.cash_due())
+    done = orders.hand_over("web-1", "code", "4711", staff="ann", sale=sale)
+    assert done.completed is not None
+    earned = [(e["customer"], e["delta"], e["ref"]) for e in _events(till) if e["op"] == "earn"]
+    assert earned == [(CUSTOMER, 5, sale.id)]  # the pens' 2.70 x 2, floored; water is in drinks
