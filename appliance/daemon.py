@@ -1245,7 +1245,7 @@ class Daemon:
                               disposition=ln.get("disposition", "restock")) for ln in lines]  # fmt: skip
 
     async def refund(self, session: Any, reference: str | None, lines: Sequence[Mapping[str, Any]], reason: str,
-                     approval: str | None) -> dict[str, Any]:  # fmt: skip
+                     approval: str | None, *, card_present: bool = False) -> dict[str, Any]:  # fmt: skip
         """A receipted return (``reference``) or one without receipt (SKUs, a reason code, approval)."""
         self.precheck(session, Action.REFUND, staff_only=True)
         from kiosk_ui.views import receipt_view
@@ -1259,7 +1259,7 @@ class Daemon:
         else:
             granted = self.authorize(session, Action.RETURN_NO_RECEIPT, approval, staff_only=True)
             plan = till.returns.plan_no_receipt(till.catalog, requests, reason, granted, self.clock.now())
-        doc, receipt = till.refund(plan, granted)
+        doc, receipt = till.refund(plan, granted, card_present=card_present)
         if any(r["kind"] == "cash" for r in doc["refunds"]):
             with contextlib.suppress(TillboxError):
                 await self._kick_drawer("refund", session.actor)

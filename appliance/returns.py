@@ -29,6 +29,8 @@ from appliance.tenders import PaymentTerminal, TenderKind
 
 Disposition = Literal["restock", "damaged"]
 RefundPolicy = Literal["original", "cash", "store_credit"]
+#: The tender of an online order's payment (sync/lookup.py), refunded by :meth:`Returns._online_refund`.
+ONLINE_TENDER = "online"
 
 #: Reason codes a no-receipt return must give.
 NO_RECEIPT_REASONS = ("gift", "lost_receipt", "wrong_item", "defective", "other")
@@ -224,10 +226,12 @@ class Returns:
     # -- refunding -------------------------------------------------------------------------------
 
     def refund_tenders(self, plan: ReturnPlan, policy: RefundPolicy, terminal: PaymentTerminal | None,
-                       *, amount: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+                       *, amount: int | None = None, card_present: bool = False) -> list[dict[str, Any]]:  # fmt: skip
         """Pay ``amount`` (default: the plan's total) back, to the original tenders where possible.
 
-        Card refunds go through the terminal; what cannot go back to a card goes to cash.
+        Card refunds go through the terminal; what cannot go back to a card goes to cash. What
+        was paid online (an online order) goes back to the customer's card through the terminal
+        when ``card_present``, and otherwise to new store credit, never to cash.
         """
         due = plan.total if amount is None else amount
         refunds: list[dict[str, Any]] = []
@@ -243,11 +247,15 @@ class Returns:
             for t in plan.original["tenders"]:
                 kind = t["kind"]
                 if due <= 0 or kind not in (TenderKind.CARD, TenderKind.STORE_CREDIT, TenderKind.GIFT_CARD,
-                                            TenderKind.LOYALTY):  # fmt: skip
+                                            TenderKind.LOYALTY, ONLINE_TENDER):  # fmt: skip
                     continue
                 room = t["amount"] - prior.get(t.get("reference") or "", 0)
                 part = min(room, due)
                 if part <= 0:
+                    continue
+                if kind == ONLINE_TENDER:
+                    refunds.append(self._online_refund(t, part, terminal if card_present else None))
+                    due -= part
                     continue
                 if kind == TenderKind.LOYALTY:  # back onto the customer's points (else cash, below)
                     from appliance.loyalty import points_for_refund
@@ -275,6 +283,19 @@ class Returns:
             refunds.append({"kind": "cash", "amount": due, "reference": None})
         return refunds
 
+    def _online_refund(self, tender: Mapping[str, Any], amount: int, terminal: PaymentTerminal | None
+                       ) -> dict[str, Any]:  # fmt: skip
+        """An online payment goes back to the card presented at the terminal, else to new store credit."""
+        original = tender.get("reference")
+        if terminal is not None:
+            result = terminal.refund(amount, self.currency.code, original or "online")
+            if result.approved:
+                return {"kind": "card", "amount": amount, "reference": result.reference, "original_reference": original}
+        from appliance.stored_value import new_account
+
+        return {"kind": "store_credit", "amount": amount, "reference": new_account(TenderKind.STORE_CREDIT),
+                "original_reference": original}  # fmt: skip
+
     def _card_refunded(self, sale_id: str) -> dict[str, int]:
         out: dict[str, int] = {}
         rows = self.ledger.conn.execute(
@@ -283,7 +304,7 @@ class Returns:
         )
         for (payload,) in rows:
             for t in json.loads(payload)["refunds"]:
-                if t["kind"] in ("card", "store_credit", "gift_card", "loyalty") and t.get("original_reference"):
+                if t.get("original_reference"):  # back onto an original tender (card, account, online payment)
                     out[t["original_reference"]] = out.get(t["original_reference"], 0) + t["amount"]
         return out
 
@@ -391,7 +412,7 @@ def write_return(tx: Tx, doc: dict[str, Any]) -> int:
 
             move(tx, r["kind"], str(r["reference"]), int(r["amount"]), time=time, reason="return", ref=doc["id"],
                  journal_seq=entry.seq, currency=doc["currency"], actor=doc["cashier"],
-                 op="refund" if r.get("original_reference") else "issue")  # fmt: skip
+                 op="refund" if r.get("original_reference") == r["reference"] else "issue")  # fmt: skip
         elif r["kind"] == "loyalty":
             from appliance.loyalty import refund_points
 

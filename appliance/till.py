@@ -231,13 +231,18 @@ class Till:
         return sale_receipt(doc, self.currency, self.store_info, journal_seq=entry.seq, journal_hash=entry.hash,
                             copy=copies + 1)  # fmt: skip
 
-    def refund(self, plan: ReturnPlan, approval: Approval) -> tuple[dict[str, Any], Receipt]:
-        """Refund a priced return and commit it; receipted returns of another staff need REFUND rights."""
+    def refund(self, plan: ReturnPlan, approval: Approval, *, card_present: bool = False
+               ) -> tuple[dict[str, Any], Receipt]:  # fmt: skip
+        """Refund a priced return and commit it; receipted returns of another staff need REFUND rights.
+
+        ``card_present``: the customer presents the card an online order was paid with.
+        """
         now = self.clock.now()
         approval.check(Action.REFUND if plan.original is not None else Action.RETURN_NO_RECEIPT, now)
         shift = self.shifts.require_open()
         self._check_return_window(plan, now)
-        refunds = self.returns.refund_tenders(plan, self.config.returns.refund_to, self.terminal)
+        refunds = self.returns.refund_tenders(plan, self.config.returns.refund_to, self.terminal,
+                                              card_present=card_present)  # fmt: skip
         doc = self.returns.document(plan, refunds, approval, now, shift_id=shift.id)
         try:
             with self.ledger.transaction("committing return") as tx:

@@ -368,7 +368,7 @@ def create_app(daemon: Daemon) -> FastAPI:
     @api.post("/returns", summary="Refund lines of a sale, or items without a receipt")
     async def refund(body: m.ReturnIn, s: S) -> dict[str, Any]:
         return await daemon.refund(s, body.reference, [ln.model_dump() for ln in body.lines], body.reason,
-                                   body.approval)  # fmt: skip
+                                   body.approval, card_present=body.card_present)  # fmt: skip
 
     @api.post("/exchanges", summary="Exchange: return lines of a sale against the open sale")
     async def exchange(body: m.ExchangeIn, s: S) -> dict[str, Any]:

@@ -151,6 +151,7 @@ class ReturnIn(Strict):
     lines: list[ReturnLine] = Field(min_length=1, max_length=200)
     reason: Reason = ""
     approval: Token | None = None
+    card_present: bool = Field(False, description="the card an online order was paid with is at the terminal")
 
 
 class ExchangeIn(Strict):

@@ -23,6 +23,7 @@ from appliance.ledger import Ledger
 from appliance.returns import ReturnRequest
 from appliance.staff import Action, Approval
 from appliance.till import Completed, Till, open_ledger
+from drivers.payment import Outcome, SimulatedTerminal
 from sync.hub import ALERT_OVER_REFUNDED, Hub
 from sync.inbound import ALERT_REJECTED
 from sync.link import LinkSettings, message_properties
@@ -145,7 +146,10 @@ def test_an_online_order_is_returned_at_a_till(store: Store) -> None:
     store.hub.place_order("demo", "web-8", {"1002": Decimal(1)})  # not paid: nothing to refund
     doc = _refund(till, "web-7", 1, 1)
     assert (doc["original_sale_id"], doc["original_device"], doc["total"], doc["tax"]) == ("web-7", "online", 199, 13)
-    assert doc["refunds"] == [{"kind": "cash", "amount": 199, "reference": None}]
+    # no card at the counter: the online payment becomes store credit, never cash
+    [credit] = doc["refunds"]
+    assert (credit["kind"], credit["amount"], credit["original_reference"]) == ("store_credit", 199, "web-7")
+    assert till.stored_value.get(credit["reference"]).balance == 199
     assert doc["taxes"][0]["tax"] == 13
     assert till.ledger.conn.execute("SELECT source, reference FROM remote_sales").fetchall() == [("online", "web-7")]
     with pytest.raises(SaleError, match=r"^receipt web-8 cannot be returned: order web-8 has no paid prices"):
@@ -155,6 +159,28 @@ def test_an_online_order_is_returned_at_a_till(store: Store) -> None:
                           paid_at=iso_utc(till.clock.now()))  # fmt: skip
     with pytest.raises(SaleError, match=r"^receipt web-9 cannot be returned: order web-9 was expired"):
         till.returns.find_sale("web-9")
+
+
+def test_an_online_order_is_refunded_to_the_card_presented_at_the_terminal(store: Store) -> None:
+    till = store.tills[1]
+    till.terminal = terminal = SimulatedTerminal()
+    store.connect(1)
+    store.hub.place_order("demo", "web-10", [JUICE_PAID], status="collected", currency="EUR",
+                          paid_at=iso_utc(till.clock.now()))  # fmt: skip
+    original = till.returns.find_sale("web-10")
+    plan = till.returns.plan_receipted(original, [ReturnRequest(Decimal(2), line=1)])
+    stock = till.ledger.stock_level("1002")
+    doc, _ = till.refund(plan, _approval(till), card_present=True)
+    [card] = doc["refunds"]
+    assert (card["kind"], card["amount"], card["original_reference"]) == ("card", 398, "web-10")
+    assert till.ledger.stock_level("1002") == stock + 2  # the goods come back into this store
+    # a declined card refund falls back to store credit, not to cash
+    store.hub.place_order("demo", "web-11", [JUICE_PAID], status="collected", currency="EUR",
+                          paid_at=iso_utc(till.clock.now()))  # fmt: skip
+    terminal.script(Outcome(False, "declined"))
+    plan = till.returns.plan_receipted(till.returns.find_sale("web-11"), [ReturnRequest(Decimal(1), line=1)])
+    doc, _ = till.refund(plan, _approval(till), card_present=True)
+    assert [(r["kind"], r["amount"]) for r in doc["refunds"]] == [("store_credit", 199)]
 
 
 def test_an_unknown_reference_is_a_clear_not_found(store: Store) -> None:

@@ -357,14 +357,19 @@ function returnsDialog() {
       ev.preventDefault();
       const sale = await run(() => api(`/sales/${encodeURIComponent(ref.value.trim())}`));
       if (!sale) return;
+      const online = sale.device === "online";
+      const cardPresent = h("input", { type: "checkbox", id: "card-present" });
       const checks = sale.lines.filter((l) => !l.voided).map((l) => ({ l, c: h("input", { type: "checkbox", "aria-label": `Return ${l.name}` }) }));
       const chosen = () => checks.filter((x) => x.c.checked).map((x) => ({ line: x.l.line, qty: x.l.qty }));
       const act = async (path) => {
-        const res = await run(() => withApproval((approval) => api(path, { method: "POST", body: { reference: ref.value.trim(), lines: chosen(), reason: "customer return", approval } })));
+        const body = { reference: ref.value.trim(), lines: chosen(), reason: "customer return" };
+        if (online && path === "/returns") body.card_present = cardPresent.checked;
+        const res = await run(() => withApproval((approval) => api(path, { method: "POST", body: { ...body, approval } })));
         if (res) { dlg.close(); if (res.cart) render(res.cart); receiptDialog(res.receipt); }
       };
       box.replaceChildren(h("p", {}, `Sale ${sale.number} · ${sale.completed_at} · ${sale.total.text}`),
         ...checks.map(({ l, c }) => h("label", {}, c, ` ${l.line}. ${l.name} ${l.qty} · ${l.total.text}${Number(l.refunded_qty) ? ` (refunded ${l.refunded_qty})` : ""}`)),
+        online ? h("label", { for: "card-present" }, cardPresent, " Online order: the customer's card is here (refund to card; otherwise store credit)") : null,
         h("div", { class: "row" }, h("button", { type: "button", class: "primary", onclick: () => act("/returns") }, "Refund"),
           h("button", { type: "button", onclick: () => act("/exchanges") }, "Exchange against this sale")));
     } }, ref), box));
