@@ -21,16 +21,7 @@ from collections.abc import Callable
 
 from appliance.errors import DeviceUnavailable
 from drivers.base import Device, Health, simulated
-from drivers.scanner import (
-    Backoff,
-    Decoded,
-    EvdevLink,
-    Outcome,
-    ReaderThread,
-    RejectCallback,
-    WedgeDecoder,
-    require_evdev,
-)
+from drivers.scanner import Backoff, RejectCallback, WedgeDecoder, start_wedge
 
 __all__ = [
     "DISCARDED",
@@ -149,17 +140,8 @@ class EvdevBadgeReader(BadgeReader):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(name, on_read, on_reject=on_reject)
-        require_evdev()
         self.decoder = decoder or WedgeDecoder()
-        self._reader = ReaderThread(self, EvdevLink(path, self.decoder, self._handle, clock=clock), backoff)
-        self._reader.start()
-
-    def _handle(self, outcomes: list[Outcome]) -> None:
-        for outcome in outcomes:
-            if isinstance(outcome, Decoded):
-                self._accept(outcome.text)
-            else:
-                self._reject(outcome.reason)
+        self._reader = start_wedge(self, path, self.decoder, self._accept, self._reject, backoff=backoff, clock=clock)
 
     def close(self) -> None:
         if self._closed:

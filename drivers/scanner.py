@@ -698,23 +698,36 @@ class EvdevScanner(Scanner):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(name, on_scan, on_reject=on_reject)
-        require_evdev()
         self.decoder = decoder or WedgeDecoder()
-        self._reader = ReaderThread(self, EvdevLink(path, self.decoder, self._handle, clock=clock), backoff)
-        self._reader.start()
-
-    def _handle(self, outcomes: list[Outcome]) -> None:
-        for outcome in outcomes:
-            if isinstance(outcome, Decoded):
-                self._deliver(outcome.text)
-            else:
-                self._reject(outcome.reason)
+        self._reader = start_wedge(self, path, self.decoder, self._deliver, self._reject, backoff=backoff, clock=clock)
 
     def close(self) -> None:
         if self._closed:
             return
         super().close()
         self._reader.stop()
+
+
+def start_wedge(device: Device, path: str, decoder: WedgeDecoder, accept: Callable[[str], None],
+                reject: Callable[[str], None], *, backoff: Backoff | None,
+                clock: Callable[[], float]) -> ReaderThread:  # fmt: skip
+    """Read a keyboard-wedge device (scanner, badge reader) through evdev on its own thread.
+
+    Each decoded line goes to ``accept``, each rejected one (human typing, garbage) to
+    ``reject``; the thread reconnects with ``backoff`` when the device goes away.
+    """
+    require_evdev()
+
+    def handle(outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            if isinstance(outcome, Decoded):
+                accept(outcome.text)
+            else:
+                reject(outcome.reason)
+
+    reader = ReaderThread(device, EvdevLink(path, decoder, handle, clock=clock), backoff)
+    reader.start()
+    return reader
 
 
 class SerialScanner(Scanner):
