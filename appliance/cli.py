@@ -121,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--token", required=True, help="one-time enrollment token from `tillbox enroll-token`")
     pw.add_argument("--timezone", default="UTC")
     pw.add_argument("--locale", default="en_US")
-    pw.add_argument("--wifi-ssid")
-    pw.add_argument("--wifi-psk")
+    pw.add_argument("--wifi-ssid", help="Wi-Fi network name (the Pi's [wifi] table)")
+    pw.add_argument("--wifi-psk", help="Wi-Fi passphrase, or 64 hex digits; none for an open network")
+    pw.add_argument("--wifi-country", help="Wi-Fi regulatory domain, ISO 3166 alpha-2 (e.g. DE)")
     pw.add_argument("--out", type=Path, required=True, help="e.g. the mounted boot partition's tillbox-provision.toml")
     pc = prov.add_parser("check", help="validate a provisioning file")
     pc.add_argument("file", type=Path)
@@ -447,6 +448,10 @@ def cmd_provision_write(args: argparse.Namespace) -> int:
     from appliance import provision
 
     wifi = {"ssid": args.wifi_ssid, "psk": args.wifi_psk or ""} if args.wifi_ssid else {}
+    if not args.wifi_ssid and (args.wifi_psk or args.wifi_country):
+        raise InputError("--wifi-psk and --wifi-country need --wifi-ssid")
+    if args.wifi_ssid and args.wifi_country:
+        wifi["country"] = args.wifi_country
     p = provision.Provisioning(args.store, args.device, tuple(args.broker), args.token, args.timezone, args.locale,
                                wifi)  # fmt: skip
     text = provision.render(p)
@@ -537,7 +542,8 @@ def cmd_update_install(args: argparse.Namespace) -> int:
     if not keys:
         raise InputError(f"no trusted update keys in {args.keys}")
     version = Installer(args.root).install(args.bundle, keys, busy=lambda: trading(args.data_dir), force=args.force)
-    print(f"installed {version}; restart tillbox and run `tillbox update gate` to confirm it")
+    print(f"installed {version}; it runs after a reboot (or a restart of tillbox.service), and the update gate "
+          "confirms it or rolls it back")  # fmt: skip
     return 0
 
 

@@ -389,6 +389,7 @@ class Daemon:
                 raise
             if self._prepare is not None:
                 self._prepare(self.till)
+            self.till.recover_accounts()  # what the shop took for sales lost in a crash goes back (docs/accounts.md)
             self._provisioning_alert()
             self._health = self._device_health()
             self._alerts = self._alert_list()

@@ -7,7 +7,10 @@ request id = movement id, asked again with the same id when no answer came); whe
 cannot be reached the till redeems at most ``offline_limit_per_customer`` points for one
 customer and ``offline_limit_per_till`` in all (not yet acknowledged by the shop). Points
 earned by a sale are recorded in the sale's transaction and reach the hub as a
-``tillbox.loyalty.moved`` event. A till without a shop keeps the balances itself.
+``tillbox.loyalty.moved`` event, and taken back (``clawback``) in the transaction of a return
+of the goods that earned them (:meth:`Loyalty.claw_back`, :func:`points_kept`). A
+redemption is written down before the hub is asked, like a gift card's
+(:class:`appliance.stored_value.Holds`). A till without a shop keeps the balances itself.
 
 Earning (:func:`points_earned`) is pure: the gross totals of the sale's lines, without
 voided lines, gift cards and the excluded departments and tax classes, less what points
@@ -19,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import ROUND_FLOOR, Decimal
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
 from appliance.clock import Clock, SystemClock, iso_utc
@@ -28,7 +31,17 @@ from appliance.ids import uuid7
 from appliance.ledger import Ledger, NewEvent, Tx
 from appliance.money import Currency
 from appliance.sale import Sale
-from appliance.stored_value import GIFT_CARD_DEPARTMENT, Limits, Remote, ask, outstanding, record, sale_tender
+from appliance.stored_value import (
+    GIFT_CARD_DEPARTMENT,
+    Hold,
+    Holds,
+    Limits,
+    Remote,
+    ask,
+    outstanding,
+    record,
+    sale_tender,
+)
 from appliance.tenders import Tender, TenderKind
 
 if TYPE_CHECKING:
@@ -71,14 +84,28 @@ def eligible(line: Mapping[str, Any], rules: Rules) -> bool:
 
 def points_earned(doc: Mapping[str, Any], rules: Rules, currency: Currency) -> int:
     """Points a completed sale document earns its customer (0 without one or with loyalty off)."""
+    return points_kept(doc, {}, rules, currency)
+
+
+def points_kept(doc: Mapping[str, Any], refunded: Mapping[int, int], rules: Rules, currency: Currency) -> int:
+    """Points a sale still earns once ``refunded`` (amount per line number) of its lines came back.
+
+    The eligible amount left is the eligible lines' totals less what was refunded of them,
+    less the share of it that points paid (points paid the eligible goods pro rata), and it
+    earns like :func:`points_earned`: ``points_per_unit`` per whole currency unit, rounded
+    down once. Nothing refunded gives exactly :func:`points_earned`; everything refunded, 0.
+    """
     if not rules.enabled or not doc.get("customer_id"):
         return 0
-    base = sum(int(ln["total"]) for ln in doc.get("lines", []) if eligible(ln, rules))
-    base -= sum(int(t["amount"]) for t in doc.get("tenders", []) if t.get("kind") == _KIND)
-    if base <= 0:
+    lines = [ln for ln in doc.get("lines", []) if eligible(ln, rules)]
+    whole = sum(int(ln["total"]) for ln in lines)
+    base = whole - sum(int(t["amount"]) for t in doc.get("tenders", []) if t.get("kind") == _KIND)
+    if base <= 0 or whole <= 0:
         return 0
-    units = Decimal(base).scaleb(-currency.exponent)
-    return int((units * rules.points_per_unit).to_integral_value(rounding=ROUND_FLOOR))
+    back = sum(min(max(int(refunded.get(int(ln["line"]), 0)), 0), int(ln["total"])) for ln in lines
+               if ln.get("line") is not None)  # fmt: skip
+    num, den = rules.points_per_unit.as_integer_ratio()  # exact: floor(ppu * base * (whole - back) / whole / 10^e)
+    return max(int(num * base * (whole - back)) // int(den * whole * 10**currency.exponent), 0)
 
 
 @dataclass(frozen=True)
@@ -109,18 +136,19 @@ def points_move(tx: Tx, customer: str, delta: int, *, time: str, op: str, reason
     """Record a change of a customer's points in this transaction; returns the points the till knows after it.
 
     Points of a customer the till knows nothing of stay unknown (a credit is not the whole
-    balance), unless the till is the ``authority`` (it has no shop).
+    balance), unless the till is the ``authority`` (it has no shop). A local redemption needs
+    the points; a claw-back is a fact and may take the balance below zero.
     """
     conn = tx.conn
     row = conn.execute("SELECT points FROM loyalty_points WHERE customer = ?", (customer,)).fetchone()
-    if mode == "local" and delta < 0 and (row is None or int(row[0]) + delta < 0):
+    if mode == "local" and op == "redeem" and delta < 0 and (row is None or int(row[0]) + delta < 0):
         raise TenderError(f"customer {customer} has only {0 if row is None else int(row[0])} points")
     if mode == "online" and balance is not None:
         known: int | None = balance
     elif row is not None:
         known = int(row[0]) + delta
     else:
-        known = delta if authority and delta > 0 else None
+        known = delta if authority else None
     if known is not None:
         conn.execute(
             "INSERT INTO loyalty_points(customer, points, known_at, updated_at) VALUES (?, ?, ?, ?) "
@@ -152,6 +180,7 @@ class Loyalty:
         self.retries = retries
         self.remote = remote  # set when sync runs: the hub is the authority
         self.clock = clock or SystemClock()
+        self.holds = Holds(ledger, BOOK, self._reverse_hold)
 
     @classmethod
     def from_config(cls, ledger: Ledger, config: Config, clock: Clock | None = None) -> Loyalty:
@@ -211,7 +240,11 @@ class Loyalty:
     # -- redeeming -------------------------------------------------------------------------------
 
     def plan(self, sale: Sale, points: int | None = None, customer: str | None = None) -> PointsRedemption:
-        """Check a redemption against the sale and the rules; give it its movement id (no I/O)."""
+        """Check a redemption against the sale and the rules; give it its movement id.
+
+        With a shop, it is written down first as a pending authorisation (see
+        :class:`appliance.stored_value.Holds`).
+        """
         self._require()
         who = _customer(customer or sale.customer_id or "")
         if sale.state != "open":
@@ -229,28 +262,44 @@ class Loyalty:
         want = most if points is None else points
         if want < least:
             raise TenderError(f"at least {least} points are redeemed at once")
-        return PointsRedemption(uuid7(), who, want, points is None, sale.id, sale.cashier)
+        r = PointsRedemption(uuid7(), who, want, points is None, sale.id, sale.cashier)
+        if self.remote is not None:
+            self.holds.open(Hold(r.move_id, BOOK, _KIND, who, want, None, sale.id, sale.cashier),
+                            time=iso_utc(self.clock.now()))  # fmt: skip
+        return r
 
     def ask(self, r: PointsRedemption) -> dict[str, Any] | None:
         """Ask the hub to redeem (any thread); None when it cannot be reached. Declines are raised."""
         body = {"op": "redeem", "customer": r.customer, "points": r.points, "partial": r.partial, "ref": r.sale_id,
                 "staff": r.staff}  # fmt: skip
-        return ask(self.remote, "loyalty-move", body, request_id=r.move_id, timeout=self.timeout, retries=self.retries)
+        try:
+            return ask(self.remote, "loyalty-move", body, request_id=r.move_id, timeout=self.timeout,
+                       retries=self.retries)  # fmt: skip
+        except TillboxError:  # the shop answered no: it took nothing
+            self.holds.refused(r.move_id)
+            raise
 
     def tender(self, sale: Sale, r: PointsRedemption, answer: Mapping[str, Any] | None) -> Tender:
         """Put the points on the sale: as the hub answered, else offline within limits, else from local points."""
         value = self.rules.point_value
         if answer is not None:
             taken = -int(answer["delta"])
-            if taken < self.rules.min_redeem:
-                self._undo(r)
-                raise TenderError(f"customer {r.customer} has too few points ({int(answer['balance']) + taken})")
             detail = {"move": r.move_id, "mode": "online", "points": str(taken), "balance": str(int(answer["balance"]))}
             try:
+                if taken < self.rules.min_redeem:
+                    raise TenderError(f"customer {r.customer} has too few points ({int(answer['balance']) + taken})")
                 return sale.pay_electronic(TenderKind.LOYALTY, taken * value, r.customer, detail)
-            except TillboxError:
-                self._undo(r)
+            except TillboxError:  # the hub took them but the sale cannot: give them back
+                self._release(r, applied=True)
                 raise
+        try:
+            return self._without_shop(sale, r)
+        except TillboxError:  # a request that went unanswered may still have reached the hub
+            self._release(r, applied=False)
+            raise
+
+    def _without_shop(self, sale: Sale, r: PointsRedemption) -> Tender:
+        value = self.rules.point_value
         pending = [t for t in sale.tenders if t.kind is TenderKind.LOYALTY]
         on_sale = sum(int(t.detail.get("points", "0")) for t in pending if t.reference == r.customer)
         try:
@@ -300,12 +349,25 @@ class Loyalty:
         value, why = min(options, key=lambda o: o[0])
         return max(value, 0), why
 
-    def _undo(self, r: PointsRedemption) -> None:
+    def _release(self, r: PointsRedemption, *, applied: bool) -> None:
+        """Give back points the sale does not take: its pending hold, or a redemption the hub ``applied``."""
+        if not applied and self.holds.state(self.ledger.conn, r.move_id) is None:
+            return  # never asked of the shop
         time = iso_utc(self.clock.now())
         with self.ledger.transaction("reversing a points payment") as tx:
+            state = self.holds.state(tx.conn, r.move_id)
+            if state not in (None, "pending") or (state is None and not applied):
+                return  # settled already, or never asked of the shop
             entry = tx.journal("loyalty.reversed", {"sale_id": r.sale_id, "move": r.move_id}, time=time, actor=r.staff)
             points_move(tx, r.customer, 0, time=time, op="reverse", reason="void", ref=r.sale_id,
                         journal_seq=entry.seq, actor=r.staff, reverses=r.move_id)  # fmt: skip
+            self.holds.settle(tx, r.move_id, "reversed", time=time, journal_seq=entry.seq)
+
+    def _reverse_hold(self, tx: Tx, hold: Hold, reason: str, time: str, journal_seq: int) -> str:
+        rid = uuid7()
+        points_move(tx, hold.account, 0, time=time, op="reverse", reason=reason, ref=hold.sale_id,
+                    journal_seq=journal_seq, move_id=rid, actor=hold.actor, reverses=hold.move_id)  # fmt: skip
+        return rid
 
     # -- in the sale's transaction ---------------------------------------------------------------
 
@@ -339,23 +401,64 @@ class Loyalty:
                         journal_seq=journal_seq, actor=actor, authority=self.remote is None)  # fmt: skip
         return earned
 
+    def claw_back(self, tx: Tx, ret: Mapping[str, Any], original: Mapping[str, Any], refunded: Mapping[int, int],
+                  journal_seq: int) -> int:  # fmt: skip
+        """Take back, in a return's transaction, the points its lines had earned; returns how many.
+
+        ``refunded`` is what has been refunded of each original line so far, this return ``ret``
+        included (here and, as the shop said, at other tills). The points taken back are what
+        the sale kept before this return less what it keeps after it (:func:`points_kept`), so
+        partial returns add up to what the whole sale earned and the customer keeps exactly
+        what the goods kept would have earned. Recorded at the till (``clawback``, mode
+        ``local``) and emitted, never refused: points already spent take the balance below
+        zero, and the hub raises ``loyalty.negative``.
+        """
+        before = dict(refunded)
+        for ln in ret.get("lines", []):
+            if ln.get("line") is not None:
+                before[int(ln["line"])] = before.get(int(ln["line"]), 0) - int(ln["amount"])
+        points = points_kept(original, before, self.rules, self.currency) - \
+            points_kept(original, refunded, self.rules, self.currency)  # fmt: skip
+        if points <= 0:
+            return 0
+        points_move(tx, str(original["customer_id"]), -points, time=str(ret["completed_at"]), op="clawback",
+                    reason="return", ref=str(ret["id"]), journal_seq=journal_seq, actor=ret.get("cashier"),
+                    authority=self.remote is None)  # fmt: skip
+        return points
+
     def reverse(self, sale: Sale, *, actor: str | None) -> list[str]:
-        """Give back the points a voided sale's tenders took at the hub (recorded and emitted, never waited for)."""
+        """Give back the points a voided sale took at the hub: its tenders and any other pending hold.
+
+        Recorded and emitted, never waited for; returns the reversal movement ids.
+        """
         tenders = [t for t in sale.tenders if t.kind is TenderKind.LOYALTY and t.detail.get("mode") in
                    ("online", "offline")]  # fmt: skip
-        if not tenders:
+        if not tenders and not self.holds.pending(self.ledger.conn, sale.id):
             return []
         time = iso_utc(self.clock.now())
         ids = []
         with self.ledger.transaction("reversing points payments") as tx:
-            entry = tx.journal("loyalty.reversed", {"sale_id": sale.id, "tenders": [t.to_doc() for t in tenders]},
-                               time=time, actor=actor)  # fmt: skip
-            for t in tenders:
-                rid = uuid7()
-                points_move(tx, str(t.reference), 0, time=time, op="reverse", reason="void", ref=sale.id,
-                            journal_seq=entry.seq, move_id=rid, actor=actor, reverses=t.detail["move"])  # fmt: skip
-                ids.append(rid)
+            if tenders:
+                entry = tx.journal("loyalty.reversed", {"sale_id": sale.id, "tenders": [t.to_doc() for t in tenders]},
+                                   time=time, actor=actor)  # fmt: skip
+                for t in tenders:
+                    rid = uuid7()
+                    points_move(tx, str(t.reference), 0, time=time, op="reverse", reason="void", ref=sale.id,
+                                journal_seq=entry.seq, move_id=rid, actor=actor, reverses=t.detail["move"])  # fmt: skip
+                    self.holds.settle(tx, t.detail["move"], "reversed", time=time, journal_seq=entry.seq)
+                    ids.append(rid)
+            ids += self.holds.finish(tx, sale.id, (), time=time, actor=actor, reason="void")
         return ids
+
+    def settle_sale(self, tx: Tx, doc: Mapping[str, Any], journal_seq: int) -> list[str]:
+        """In a completing sale's transaction: its point tenders' holds are consumed, any other is reversed."""
+        used = {str((t.get("detail") or {}).get("move")) for t in doc.get("tenders", []) if t["kind"] == _KIND}
+        return self.holds.finish(tx, str(doc["id"]), used, time=str(doc["completed_at"]), actor=doc.get("cashier"),
+                                 reason="void", journal_seq=journal_seq)  # fmt: skip
+
+    def recover(self) -> list[str]:
+        """At start-up: give back the points taken for sales lost before they completed."""
+        return self.holds.recover(time=iso_utc(self.clock.now()))
 
 
 def refund_points(tx: Tx, refund: Mapping[str, Any], *, time: str, ref: str, journal_seq: int, actor: str | None

@@ -18,6 +18,11 @@ asked the hub first or reports it later as a ``tillbox.stored_value.moved`` even
 
 The ``stored_value`` table holds the last balance this till knows of each account (its own
 movements and the shop's answers); ``account_moves`` holds every movement it made.
+
+A redemption is written down as a pending authorisation (``account_auths``, :class:`Holds`)
+before the hub is asked, and settled once: consumed in its sale's transaction, or reversed
+(recorded and emitted) when the sale is voided, completes without it, or was lost because
+the till stopped before it completed (:meth:`Holds.recover`, at the daemon's start).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import logging
 import re
 import secrets
 import sqlite3
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -119,6 +125,150 @@ class Redemption:
 
 
 # -- movements, shared with appliance.loyalty ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A redemption written down before the hub was asked (a pending ``account_auths`` row)."""
+
+    move_id: str
+    book: str
+    kind: str | None
+    account: str
+    amount: int
+    currency: str | None
+    sale_id: str
+    actor: str | None
+
+
+#: Records the reversal of a hold in a transaction: (tx, hold, reason, time, journal_seq) -> reversal id.
+Reverser = Callable[[Tx, Hold, str, str, int], str]
+
+
+class Holds:
+    """The pending authorisations of one book: written before the hub is asked, each settled once.
+
+    ``pending`` -> ``consumed`` (by its sale, in the sale's transaction), ``reversed`` (a reversal
+    movement was recorded and emitted: the hub undoes the redemption if it applied it, and
+    cancels it if it never did) or ``refused`` (the hub said no, so it took nothing). Only
+    :meth:`refused` may be called from another thread.
+    """
+
+    def __init__(self, ledger: Ledger, book: str, reverse: Reverser) -> None:
+        self.ledger = ledger
+        self.book = book
+        self._reverse = reverse
+        self._refused: set[str] = set()
+        self._lock = threading.Lock()
+
+    def open(self, hold: Hold, *, time: str) -> None:
+        """Write a hold down in its own small transaction, before the shop is asked."""
+        with self.ledger.transaction("recording a pending authorisation") as tx:
+            self._drop_refused(tx, time)
+            tx.conn.execute(
+                "INSERT INTO account_auths(id, book, kind, account, amount, currency, sale_id, actor, created_at, "
+                "state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+                (hold.move_id, self.book, hold.kind, hold.account, hold.amount, hold.currency, hold.sale_id,
+                 hold.actor, time),
+            )  # fmt: skip
+
+    def refused(self, move_id: str) -> None:
+        """Note (any thread) that the shop refused a movement: it took nothing, so nothing is given back."""
+        with self._lock:
+            self._refused.add(move_id)
+
+    def state(self, conn: sqlite3.Connection, move_id: str) -> str | None:
+        row = conn.execute("SELECT state FROM account_auths WHERE id = ?", (move_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def pending(self, conn: sqlite3.Connection, sale_id: str | None = None) -> list[Hold]:
+        """Pending holds of this book (of one sale), oldest first."""
+        sql = ("SELECT id, book, kind, account, amount, currency, sale_id, actor FROM account_auths "
+               "WHERE state = 'pending' AND book = ?")  # fmt: skip
+        args: tuple[str, ...] = (self.book,)
+        if sale_id is not None:
+            sql, args = sql + " AND sale_id = ?", (self.book, sale_id)
+        rows = conn.execute(sql + " ORDER BY created_at, rowid", args).fetchall()
+        return [Hold(str(r[0]), str(r[1]), r[2], str(r[3]), int(r[4]), r[5], str(r[6]), r[7]) for r in rows]
+
+    def settle(self, tx: Tx, move_id: str, state: str, *, time: str, journal_seq: int | None) -> bool:
+        """Settle a pending hold in ``tx``; False when there is none (never made, or settled already)."""
+        cur = tx.conn.execute(
+            "UPDATE account_auths SET state = ?, settled_at = ?, journal_seq = ? WHERE id = ? AND state = 'pending'",
+            (state, time, journal_seq, move_id),
+        )
+        return cur.rowcount == 1
+
+    def _drop_refused(self, tx: Tx, time: str) -> None:
+        with self._lock:
+            ids, self._refused = self._refused, set()
+        for move_id in sorted(ids):
+            self.settle(tx, move_id, "refused", time=time, journal_seq=None)
+
+    def finish(self, tx: Tx, sale_id: str, used: Collection[str], *, time: str, actor: str | None, reason: str,
+               journal_seq: int | None = None) -> list[str]:  # fmt: skip
+        """Settle the holds of a sale that ends in ``tx``: ``used`` ones are consumed, the rest reversed.
+
+        ``journal_seq`` is the sale's entry (for consumed holds). Returns the reversal ids.
+        """
+        self._drop_refused(tx, time)
+        left = []
+        for hold in self.pending(tx.conn, sale_id):
+            if hold.move_id in used:
+                self.settle(tx, hold.move_id, "consumed", time=time, journal_seq=journal_seq)
+            else:
+                left.append(hold)
+        return self._give_back(tx, sale_id, left, time=time, actor=actor, reason=reason)
+
+    def _give_back(self, tx: Tx, sale_id: str, holds: list[Hold], *, time: str, actor: str | None, reason: str
+                   ) -> list[str]:  # fmt: skip
+        if not holds:
+            return []
+        payload = {"sale_id": sale_id, "reason": reason,
+                   "holds": [{"move": h.move_id, "account": h.account, "amount": h.amount} for h in holds]}  # fmt: skip
+        entry = tx.journal(f"{self.book}.reversed", payload, time=time, actor=actor)
+        ids = []
+        for hold in holds:
+            ids.append(self._reverse(tx, hold, reason, time, entry.seq))
+            self.settle(tx, hold.move_id, "reversed", time=time, journal_seq=entry.seq)
+        return ids
+
+    def recover(self, *, time: str) -> list[str]:
+        """At start-up: reverse every pending hold whose sale neither completed nor is parked; returns reversal ids.
+
+        Nothing of a sale survives a restart but a completed or a parked (resumable) one, so any
+        other hold belongs to a sale that was lost. A hold of a completed sale that recorded its
+        movement is marked consumed. One transaction per sale; a sale that cannot be settled is
+        logged and tried again at the next start.
+        """
+        conn = self.ledger.conn
+        by_sale: dict[str, list[Hold]] = {}
+        for hold in self.pending(conn):
+            by_sale.setdefault(hold.sale_id, []).append(hold)
+        ids: list[str] = []
+        for sale_id, holds in by_sale.items():
+            if conn.execute("SELECT 1 FROM suspended WHERE id = ?", (sale_id,)).fetchone() is not None:
+                continue
+            try:
+                with self.ledger.transaction("reversing what a lost sale took") as tx:
+                    lost: list[Hold] = []
+                    for hold in holds:
+                        row = conn.execute("SELECT m.journal_seq FROM account_moves m JOIN sales s ON s.id = ? "
+                                           "WHERE m.id = ?", (sale_id, hold.move_id)).fetchone()  # fmt: skip
+                        if row is not None:
+                            self.settle(tx, hold.move_id, "consumed", time=time, journal_seq=int(row[0]))
+                        else:
+                            lost.append(hold)
+                    done = self._give_back(tx, sale_id, lost, time=time, actor=lost[0].actor if lost else None,
+                                           reason="lost")  # fmt: skip
+            except TillboxError as exc:
+                log.warning("cannot give back what sale %s took at the shop yet (%s); trying at the next start",
+                            sale_id, exc)  # fmt: skip
+                continue
+            ids += done
+        if ids:
+            log.info("gave back %d %s redemption(s) of sales lost before they completed", len(ids), self.book)
+        return ids
 
 
 def outstanding(conn: sqlite3.Connection, book: str, account: str | None = None) -> int:
@@ -244,9 +394,9 @@ def _journal_actor(conn: sqlite3.Connection, seq: int) -> str | None:
 class StoredValue:
     """Gift cards and store credit at one till: balances, redemptions, gift card lines, reversals.
 
-    The sale engine's state is touched only by :meth:`tender`, :meth:`card_line` and their
-    callers on the till's thread; :meth:`ask` and :meth:`ask_balance` only talk to the shop
-    and may run in an executor.
+    The sale engine's state and the ledger are touched only by :meth:`plan`, :meth:`tender`,
+    :meth:`card_line` and their callers on the till's thread; :meth:`ask` and
+    :meth:`ask_balance` only talk to the shop and may run in an executor.
     """
 
     def __init__(self, ledger: Ledger, currency: str, *, limits: Limits | None = None, timeout: float | None = None,
@@ -263,6 +413,7 @@ class StoredValue:
         self.gift_card_sku = gift_card_sku
         self.gift_card_tax_class = gift_card_tax_class
         self.max_gift_card = max_gift_card
+        self.holds = Holds(ledger, BOOK, self._reverse_hold)
 
     @classmethod
     def from_config(cls, ledger: Ledger, config: Config, clock: Clock | None = None) -> StoredValue:
@@ -329,7 +480,11 @@ class StoredValue:
     # -- redeeming -------------------------------------------------------------------------------
 
     def plan(self, sale: Sale, account: str, amount: int | None = None) -> Redemption:
-        """Check a redemption against the sale and give it its movement id (no I/O)."""
+        """Check a redemption against the sale and give it its movement id.
+
+        With a shop, the redemption is written down first as a pending authorisation (one small
+        transaction), so a redemption the hub accepts for a sale that is then lost is given back.
+        """
         code = normalise(account)
         due = sale.totals().due
         if sale.state != "open":
@@ -340,44 +495,82 @@ class StoredValue:
             raise TenderError("a gift card or store credit payment must be positive")
         if amount is not None and amount > due:
             raise TenderError(f"{self._plain(amount)} is more than the {self._plain(due)} due")
-        return Redemption(uuid7(), code, due if amount is None else amount, amount is None, sale.id, self.currency,
-                          sale.cashier)  # fmt: skip
+        r = Redemption(uuid7(), code, due if amount is None else amount, amount is None, sale.id, self.currency,
+                       sale.cashier)  # fmt: skip
+        if self.remote is not None:
+            try:
+                kind: str | None = self.get(code).kind
+            except NotFound:
+                kind = kind_of(code)
+            self.holds.open(Hold(r.move_id, BOOK, kind, code, r.amount, r.currency, sale.id, sale.cashier),
+                            time=iso_utc(self.clock.now()))  # fmt: skip
+        return r
 
     def ask(self, r: Redemption) -> dict[str, Any] | None:
         """Ask the hub to redeem (any thread); None when it cannot be reached. Declines are raised."""
         body = {"op": "redeem", "account": r.account, "amount": r.amount, "currency": r.currency,
                 "partial": r.partial, "ref": r.sale_id, "staff": r.staff}  # fmt: skip
-        return ask(self.remote, "stored-value-move", body, request_id=r.move_id, timeout=self.timeout,
-                   retries=self.retries)  # fmt: skip
+        try:
+            return ask(self.remote, "stored-value-move", body, request_id=r.move_id, timeout=self.timeout,
+                       retries=self.retries)  # fmt: skip
+        except TillboxError:  # the shop answered no: it took nothing
+            self.holds.refused(r.move_id)
+            raise
 
     def tender(self, sale: Sale, r: Redemption, answer: Mapping[str, Any] | None) -> Tender:
         """Put the redemption on the sale: as the hub answered, else offline within limits, else from local balance."""
         if answer is not None:
             taken = -int(answer["delta"])
-            if taken <= 0:
-                raise TenderError(f"{r.account} has no balance left")
             detail = {"move": r.move_id, "mode": "online", "balance": str(int(answer["balance"]))}
             try:
+                if taken <= 0:
+                    raise TenderError(f"{r.account} has no balance left")
                 return sale.pay_electronic(TenderKind(str(answer["kind"])), taken, r.account, detail)
             except TillboxError:  # the hub took it but the sale cannot: give it back
-                self._undo(str(answer["kind"]), r)
+                self._release(r, str(answer["kind"]), applied=True)
                 raise
-        if self.remote is None:
-            return self._local(sale, r)
-        return self._offline(sale, r)
+        try:
+            return self._local(sale, r) if self.remote is None else self._offline(sale, r)
+        except TillboxError:  # a request that went unanswered may still have reached the hub
+            self._release(r, None, applied=False)
+            raise
 
     def pay(self, sale: Sale, account: str, amount: int | None = None) -> Tender:
         """Plan, ask the hub and tender in one call (blocks while the shop is asked)."""
         r = self.plan(sale, account, amount)
         return self.tender(sale, r, self.ask(r))
 
-    def _undo(self, kind: str, r: Redemption) -> None:
+    def _release(self, r: Redemption, kind: str | None, *, applied: bool) -> None:
+        """Give back a redemption the sale does not take: its pending hold, or one the hub ``applied``."""
+        if not applied and self.holds.state(self.ledger.conn, r.move_id) is None:
+            return  # never asked of the shop
         time = iso_utc(self.clock.now())
         with self.ledger.transaction("reversing a gift card payment") as tx:
+            state = self.holds.state(tx.conn, r.move_id)
+            if state not in (None, "pending") or (state is None and not applied):
+                return  # settled already, or never asked of the shop
             entry = tx.journal("stored_value.reversed", {"sale_id": r.sale_id, "move": r.move_id}, time=time,
                                actor=r.staff)  # fmt: skip
-            move(tx, kind, r.account, 0, time=time, reason="void", ref=r.sale_id, journal_seq=entry.seq,
-                 currency=self.currency, op="reverse", mode="local", actor=r.staff, reverses=r.move_id)  # fmt: skip
+            self._give_back(tx, kind, r.account, r.move_id, ref=r.sale_id, reason="void", time=time,
+                            journal_seq=entry.seq, actor=r.staff)  # fmt: skip
+            self.holds.settle(tx, r.move_id, "reversed", time=time, journal_seq=entry.seq)
+
+    def _give_back(self, tx: Tx, kind: str | None, account: str, move_id: str, *, ref: str, reason: str, time: str,
+                   journal_seq: int, actor: str | None) -> str:  # fmt: skip
+        """Record and emit the reversal of ``move_id`` (delta 0: the till never booked it); returns its id."""
+        row = tx.conn.execute("SELECT kind, currency FROM stored_value WHERE account = ?", (account,)).fetchone()
+        if row is not None:  # as this till knows the account, so the reversal is never refused here
+            kind, currency = str(row[0]), str(row[1])
+        else:
+            kind, currency = kind or kind_of(account) or str(TenderKind.GIFT_CARD), self.currency
+        rid = uuid7()
+        move(tx, kind, account, 0, time=time, reason=reason, ref=ref, journal_seq=journal_seq, currency=currency,
+             op="reverse", mode="local", move_id=rid, actor=actor, reverses=move_id)  # fmt: skip
+        return rid
+
+    def _reverse_hold(self, tx: Tx, hold: Hold, reason: str, time: str, journal_seq: int) -> str:
+        return self._give_back(tx, hold.kind, hold.account, hold.move_id, ref=hold.sale_id, reason=reason, time=time,
+                               journal_seq=journal_seq, actor=hold.actor)  # fmt: skip
 
     def _local(self, sale: Sale, r: Redemption) -> Tender:
         balance = self.get(r.account)
@@ -491,24 +684,35 @@ class StoredValue:
     # -- voided sales ----------------------------------------------------------------------------
 
     def reverse(self, sale: Sale, *, actor: str | None) -> list[str]:
-        """Give back what a voided sale's tenders took at the hub: one reversal movement per tender.
+        """Give back what a voided sale took at the hub: one reversal per tender and per other pending hold.
 
         Recorded and emitted, never waited for: the hub undoes each redemption once when the
         reversal arrives, and one that reaches it after its reversal is never applied.
         Returns the reversal movement ids.
         """
         tenders = [t for t in sale.tenders if t.kind in KINDS and t.detail.get("mode") in ("online", "offline")]
-        if not tenders:
+        if not tenders and not self.holds.pending(self.ledger.conn, sale.id):
             return []
         time = iso_utc(self.clock.now())
         ids = []
         with self.ledger.transaction("reversing gift card payments") as tx:
-            payload = {"sale_id": sale.id, "tenders": [t.to_doc() for t in tenders]}
-            entry = tx.journal("stored_value.reversed", payload, time=time, actor=actor)
-            for t in tenders:
-                rid = uuid7()  # delta 0: the till never booked the redemption; the hub undoes what it applied
-                move(tx, str(t.kind), str(t.reference), 0, time=time, reason="void",
-                     ref=sale.id, journal_seq=entry.seq, currency=self.currency, op="reverse", mode="local",
-                     move_id=rid, actor=actor, reverses=t.detail["move"])  # fmt: skip
-                ids.append(rid)
+            if tenders:
+                payload = {"sale_id": sale.id, "tenders": [t.to_doc() for t in tenders]}
+                entry = tx.journal("stored_value.reversed", payload, time=time, actor=actor)
+                for t in tenders:  # delta 0: the till never booked the redemption; the hub undoes what it applied
+                    rid = self._give_back(tx, str(t.kind), str(t.reference), t.detail["move"], ref=sale.id,
+                                          reason="void", time=time, journal_seq=entry.seq, actor=actor)  # fmt: skip
+                    ids.append(rid)
+                    self.holds.settle(tx, t.detail["move"], "reversed", time=time, journal_seq=entry.seq)
+            ids += self.holds.finish(tx, sale.id, (), time=time, actor=actor, reason="void")
         return ids
+
+    def settle_sale(self, tx: Tx, doc: Mapping[str, Any], journal_seq: int) -> list[str]:
+        """In a completing sale's transaction: its tenders' holds are consumed, any other is reversed."""
+        used = {str((t.get("detail") or {}).get("move")) for t in doc.get("tenders", []) if t["kind"] in KINDS}
+        return self.holds.finish(tx, str(doc["id"]), used, time=str(doc["completed_at"]), actor=doc.get("cashier"),
+                                 reason="void", journal_seq=journal_seq)  # fmt: skip
+
+    def recover(self) -> list[str]:
+        """At start-up: give back the redemptions of sales lost before they completed (see :meth:`Holds.recover`)."""
+        return self.holds.recover(time=iso_utc(self.clock.now()))

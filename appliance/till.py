@@ -192,7 +192,21 @@ class Till:
         committed = tx.write_sale(doc)
         self.stored_value.activate(tx, doc, committed.journal.seq)
         self.loyalty.record_sale(tx, doc, committed.journal.seq)
+        self.stored_value.settle_sale(tx, doc, committed.journal.seq)  # pending authorisations: docs/accounts.md
+        self.loyalty.settle_sale(tx, doc, committed.journal.seq)
         return committed
+
+    def recover_accounts(self) -> list[str]:
+        """At start-up: give back what the shop took for sales lost before they completed (docs/accounts.md)."""
+        return self.stored_value.recover() + self.loyalty.recover()
+
+    def _write_return(self, tx: Tx, doc: dict[str, Any], plan: ReturnPlan) -> int:
+        """Write a return in ``tx`` and take back the loyalty points its lines had earned."""
+        number = write_return(tx, doc)
+        if plan.original is not None:
+            refunded = {no: amount for no, (_, amount, _) in self.returns.refunded(plan.original["id"]).items()}
+            self.loyalty.claw_back(tx, doc, plan.original, refunded, self._return_seq(doc["id"]))
+        return number
 
     def complete(self, sale: Sale) -> Completed:
         """Complete and durably commit a sale (one transaction); needs an open shift."""
@@ -246,7 +260,7 @@ class Till:
         doc = self.returns.document(plan, refunds, approval, now, shift_id=shift.id)
         try:
             with self.ledger.transaction("committing return") as tx:
-                number = write_return(tx, doc)
+                number = self._write_return(tx, doc, plan)
         except TillboxError:
             self._undo_card_refunds(refunds)
             raise
@@ -282,7 +296,7 @@ class Till:
         ret["refunds"].insert(0, {"kind": "exchange", "amount": applied, "reference": sale.id})
         try:
             with self.ledger.transaction("committing exchange") as tx:
-                ret["number"] = write_return(tx, ret)
+                ret["number"] = self._write_return(tx, ret, plan)
                 committed = self.write_sale(tx, sale_doc)
         except TillboxError:
             self._undo_card_refunds(refunds)
@@ -340,6 +354,8 @@ class Till:
                 "INSERT INTO suspended(id, cashier, time, body) VALUES (?, ?, ?, ?)",
                 (sale.id, sale.cashier, time, tx.entries[-1].payload),
             )
+            for holds in (self.stored_value.holds, self.loyalty.holds):  # unpaid: nothing stays taken at the shop
+                holds.finish(tx, sale.id, (), time=time, actor=sale.cashier, reason="void")
         sale.state = "cancelled"
 
     def suspended(self) -> list[tuple[str, str | None, str]]:

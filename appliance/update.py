@@ -2,7 +2,7 @@
 
 Layout under the install root (``/opt/tillbox`` on the appliance)::
 
-    versions/<version>/    one directory per installed version (a venv or a PyInstaller build)
+    versions/<version>/    one directory per installed version (a relocatable venv)
     current -> versions/<version>     the version systemd starts
     previous -> versions/<version>    the one to go back to
     state.json             the pending update and the versions that failed their gate
@@ -13,26 +13,39 @@ payload file), ``manifest.sig`` (an ed25519 signature of the manifest bytes) and
 is ready, the ledger verifies and the UI answers (peripherals are not part of it).
 A version that fails the gate is rolled back. An update never starts during an
 open shift or sale unless forced.
+
+On the appliance the install root is on the read-only root filesystem. Installing and
+gating (as root) remount it read-write only while they write (:func:`writable`), then
+sync and remount it read-only, also on error. The code root runs stays on a filesystem
+the daemon's user can never write.
 """
 
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
-import io
 import json
+import logging
 import os
+import shutil
+import subprocess
 import tarfile
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 from appliance.errors import TillboxError
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 PAYLOAD = "payload"
+_CHUNK = 1 << 20
 
 
 class UpdateError(TillboxError):
@@ -76,9 +89,12 @@ def load_public_keys(paths: Iterable[Path]) -> list[Any]:
 
 def build_bundle(src: Path, version: str, private_key_pem: bytes, out: Path) -> Manifest:
     """Pack ``src`` as a signed bundle (release tooling: ``tillbox update build``)."""
+    import io
+
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+    _check_version(version)
     key = load_pem_private_key(private_key_pem, None)
     if not isinstance(key, Ed25519PrivateKey):
         raise UpdateError("the signing key must be an ed25519 private key")
@@ -97,37 +113,69 @@ def build_bundle(src: Path, version: str, private_key_pem: bytes, out: Path) -> 
     return manifest
 
 
-def verify_bundle(bundle: Path, keys: list[Any]) -> Manifest:
-    """Check the signature and every payload hash; refuse anything else in the archive."""
+def _signed_manifest(tar: tarfile.TarFile, keys: list[Any], name: str) -> Manifest:
+    """The manifest, once its signature is good and the archive holds exactly its files (hashes unchecked)."""
     from cryptography.exceptions import InvalidSignature
 
+    members = {m.name: m for m in tar.getmembers()}
+    body = _read(tar, members, MANIFEST)
+    signature = base64.b64decode(_read(tar, members, SIGNATURE), validate=True)
+    for key in keys:
+        try:
+            key.verify(signature, body)
+            break
+        except InvalidSignature:
+            continue
+    else:
+        raise UpdateError(f"{name}: bad signature (not signed by a trusted key)")
+    raw = json.loads(body)
+    manifest = Manifest(str(raw["version"]), {str(k): str(v) for k, v in raw["files"].items()})
+    _check_version(manifest.version)
+    expected = {f"{PAYLOAD}/{rel}" for rel in manifest.files}
+    extra = {n for n in set(members) - expected - {MANIFEST, SIGNATURE, PAYLOAD} if not members[n].isdir()}
+    if extra:
+        raise UpdateError(f"{name}: unexpected file {sorted(extra)[0]} in the bundle")
+    for rel in manifest.files:
+        _safe(rel)
+        member = members.get(f"{PAYLOAD}/{rel}")
+        if member is None or not member.isfile():
+            raise UpdateError(f"{name}: {rel} is missing or not a regular file")
+    return manifest
+
+
+def _copy_hashed(src: IO[bytes], dst: IO[bytes] | None) -> str:
+    digest = hashlib.sha256()
+    while block := src.read(_CHUNK):
+        digest.update(block)
+        if dst is not None:
+            dst.write(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def _bundle(bundle: Path) -> Iterator[tarfile.TarFile]:
+    """The bundle as a tar file; archive and manifest damage become one clear UpdateError."""
     try:
         with tarfile.open(bundle, "r") as tar:
-            members = {m.name: m for m in tar.getmembers()}
-            body = _read(tar, members, MANIFEST)
-            signature = base64.b64decode(_read(tar, members, SIGNATURE), validate=True)
-            for key in keys:
-                try:
-                    key.verify(signature, body)
-                    break
-                except InvalidSignature:
-                    continue
-            else:
-                raise UpdateError(f"{bundle.name}: bad signature (not signed by a trusted key)")
-            raw = json.loads(body)
-            manifest = Manifest(str(raw["version"]), {str(k): str(v) for k, v in raw["files"].items()})
-            _check_version(manifest.version)
-            expected = {f"{PAYLOAD}/{rel}" for rel in manifest.files}
-            extra = set(members) - expected - {MANIFEST, SIGNATURE, PAYLOAD}
-            extra = {name for name in extra if not members[name].isdir()}
-            if extra:
-                raise UpdateError(f"{bundle.name}: unexpected file {sorted(extra)[0]} in the bundle")
-            for rel, digest in manifest.files.items():
-                _safe(rel)
-                if _sha256(_read(tar, members, f"{PAYLOAD}/{rel}")) != digest:
-                    raise UpdateError(f"{bundle.name}: {rel} does not match its manifest hash")
-    except (tarfile.TarError, OSError, ValueError, KeyError) as exc:
+            yield tar
+    except UpdateError:
+        raise
+    except (tarfile.TarError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UpdateError(f"{bundle.name}: not a valid update bundle ({exc})") from None
+    except OSError as exc:
+        raise UpdateError(f"{bundle.name}: cannot read the bundle ({exc.strerror or exc})") from None
+
+
+def verify_bundle(bundle: Path, keys: list[Any]) -> Manifest:
+    """Check the signature and every payload hash; refuse anything else in the archive."""
+    with _bundle(bundle) as tar:
+        manifest = _signed_manifest(tar, keys, bundle.name)
+        members = {m.name: m for m in tar.getmembers()}
+        for rel, digest in manifest.files.items():
+            handle = tar.extractfile(members[f"{PAYLOAD}/{rel}"])
+            assert handle is not None
+            if _copy_hashed(handle, None) != digest:
+                raise UpdateError(f"{bundle.name}: {rel} does not match its manifest hash")
     return manifest
 
 
@@ -147,8 +195,95 @@ def _safe(rel: str) -> None:
 
 
 def _check_version(version: str) -> None:
-    if not version or len(version) > 64 or not all(c.isalnum() or c in ".-+_" for c in version):
+    if (not version or len(version) > 64 or version[0] == "."
+            or not all(c.isascii() and (c.isalnum() or c in ".-+_") for c in version)):  # fmt: skip
         raise UpdateError(f"bad version {version!r} in the manifest")
+
+
+# -- the read-only root --------------------------------------------------------------------------
+
+
+def _existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def read_only(path: Path) -> bool:
+    """Whether the filesystem holding ``path`` (or its nearest existing parent) is mounted read-only."""
+    return bool(os.statvfs(_existing(path)).f_flag & os.ST_RDONLY)
+
+
+def mount_point(path: Path, mountinfo: str | None = None) -> str:
+    """The mount point holding ``path``: the longest mount point in /proc/self/mountinfo above it."""
+    if mountinfo is None:
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+    target = str(_existing(path).resolve())
+    best = "/"
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        point = fields[4]
+        for escaped, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+            point = point.replace(escaped, char)
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best = point
+    return best
+
+
+def _mount(args: list[str]) -> str | None:
+    """Run ``mount ARGS``: None on success, else its message."""
+    try:
+        result = subprocess.run(["mount", *args], capture_output=True, text=True, check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return None if result.returncode == 0 else (result.stderr.strip() or f"exit {result.returncode}")
+
+
+def check_can_write(path: Path, *, euid: Callable[[], int] = os.geteuid) -> None:
+    """Refuse early, with the reason, when ``path`` is read-only and this process cannot remount it."""
+    if read_only(path) and euid() != 0:
+        raise UpdateError(f"{path} is on the read-only root filesystem: run this as root (it is remounted "
+                          "read-write only while the update is written)")  # fmt: skip
+
+
+@contextmanager
+def writable(path: Path, *, euid: Callable[[], int] = os.geteuid, retries: int = 5) -> Iterator[None]:
+    """Make the filesystem holding ``path`` writable for the block, then sync and make it read-only again.
+
+    A no-op when it is writable already (a developer machine, or a root that someone remounted
+    by hand, which is left as found). Read-only again also when the block raises. If the
+    read-only remount keeps failing (a file open for writing), the root stays writable until
+    the next boot, which mounts it read-only; that is logged, not raised, as the update itself
+    is complete.
+    """
+    if not read_only(path):
+        yield
+        return
+    check_can_write(path, euid=euid)
+    point = mount_point(path)
+    problem = _mount(["-o", "remount,rw", point])
+    if problem:
+        raise UpdateError(f"cannot remount {point} read-write for the update: {problem}")
+    logger.info("%s is writable for the update", point)
+    try:
+        yield
+    finally:
+        os.sync()
+        for attempt in range(retries):
+            problem = _mount(["-o", "remount,ro", point])
+            if problem is None:
+                logger.info("%s is read-only again", point)
+                break
+            time.sleep(0.2 * (attempt + 1))
+        else:
+            logger.warning("could not remount %s read-only (%s); it will be read-only after a reboot", point, problem)
+
+
+# -- installing ----------------------------------------------------------------------------------
 
 
 class Installer:
@@ -156,7 +291,6 @@ class Installer:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        (root / "versions").mkdir(parents=True, exist_ok=True)
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -164,12 +298,21 @@ class Installer:
         path = self.root / "state.json"
         return json.loads(path.read_text()) if path.exists() else {"pending": None, "failed": []}
 
+    def _fsync_root(self) -> None:
+        dir_fd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
     def _save(self, state: dict[str, Any]) -> None:
         tmp = self.root / "state.json.tmp"
-        tmp.write_text(json.dumps(state, indent=1))
-        with tmp.open("rb") as fh:
+        with tmp.open("w") as fh:
+            fh.write(json.dumps(state, indent=1))
+            fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.root / "state.json")
+        self._fsync_root()
 
     def _link(self, name: str) -> str | None:
         path = self.root / name
@@ -188,6 +331,11 @@ class Installer:
         pending: str | None = self._state()["pending"]
         return pending
 
+    @property
+    def failed(self) -> list[str]:
+        """Versions that failed their health gate, oldest first."""
+        return [str(v) for v in self._state()["failed"]]
+
     def _point(self, name: str, version: str) -> None:
         """Atomically repoint a symlink: make the new link beside it, then rename over it."""
         tmp = self.root / f".{name}.new"
@@ -195,70 +343,116 @@ class Installer:
             tmp.unlink()
         tmp.symlink_to(f"versions/{version}")
         os.replace(tmp, self.root / name)
-        dir_fd = os.open(self.root, os.O_RDONLY)
+        self._fsync_root()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One installer or gate at a time (a lock on the install root directory itself)."""
+        if not self.root.exists():
+            self.root.mkdir(parents=True)  # a fresh developer install root; the image has one
+        fd = os.open(self.root, os.O_RDONLY)
         try:
-            os.fsync(dir_fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
         finally:
-            os.close(dir_fd)
+            os.close(fd)
+
+    def _prune(self, keep: set[str]) -> None:
+        """Remove versions nothing points at any more, and staging left by an interrupted install."""
+        versions = self.root / "versions"
+        for entry in sorted(versions.iterdir()) if versions.is_dir() else []:
+            if entry.name not in keep and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
 
     # -- operations ------------------------------------------------------------------------------
 
     def install(self, bundle: Path, keys: list[Any], *, busy: Callable[[], str | None], force: bool = False) -> str:
-        """Verify, unpack beside the running version and switch to it; the new version is pending."""
-        manifest = verify_bundle(bundle, keys)
-        reason = busy()
-        if reason and not force:
-            raise UpdateBusy(f"not updating now: {reason}; it will be applied when the till is idle (or use --force)")
-        if manifest.version == self.current:
-            raise UpdateError(f"version {manifest.version} is already running")
-        target = self.root / "versions" / manifest.version
-        staging = self.root / "versions" / f".{manifest.version}.partial"
+        """Verify, unpack beside the running version and switch to it; the new version is pending.
+
+        Crash-safe at every step: files are unpacked into a staging directory and synced before
+        it is renamed into place; ``previous`` and the pending state are written before
+        ``current`` is switched, and the gate ignores a pending version ``current`` never reached.
+        """
+        check_can_write(self.root)
+        with _bundle(bundle) as tar:
+            manifest = _signed_manifest(tar, keys, bundle.name)
+            reason = busy()
+            if reason and not force:
+                raise UpdateBusy(f"not updating now: {reason}; try again when the till is idle (or use --force)")
+            with self._locked():
+                current = self.current
+                if manifest.version == current:
+                    raise UpdateError(f"version {manifest.version} is already running")
+                if self.pending is not None and self.pending == current:
+                    raise UpdateError(f"version {current} has not passed its health gate yet; run "
+                                      "`tillbox update gate` (or reboot) first")  # fmt: skip
+                with writable(self.root):
+                    # Only the running version stays: the new one takes the place of the old fallback.
+                    self._prune({current} if current else set())
+                    self._unpack(tar, manifest, bundle.name)
+                    if current:
+                        self._point("previous", current)
+                    state = self._state()
+                    state["pending"] = manifest.version
+                    self._save(state)
+                    self._point("current", manifest.version)
+        return manifest.version
+
+    def _unpack(self, tar: tarfile.TarFile, manifest: Manifest, name: str) -> None:
+        """Unpack the payload to ``versions/<version>`` through a staging directory, checking every hash."""
+        versions = self.root / "versions"
+        versions.mkdir(mode=0o755, exist_ok=True)
+        target = versions / manifest.version
+        staging = versions / f".{manifest.version}.partial"
         if staging.exists():
-            _rmtree(staging)
-        with tarfile.open(bundle, "r") as tar:
-            for rel in manifest.files:
-                member = tar.getmember(f"{PAYLOAD}/{rel}")
+            shutil.rmtree(staging)
+        staging.mkdir(mode=0o755)
+        members = {m.name: m for m in tar.getmembers()}  # tar.getmember() scans the whole list each time
+        try:
+            for rel, digest in manifest.files.items():
+                member = members[f"{PAYLOAD}/{rel}"]
                 handle = tar.extractfile(member)
                 assert handle is not None
                 out = staging / rel
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_bytes(handle.read())
+                out.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                with out.open("wb") as fh:
+                    if _copy_hashed(handle, fh) != digest:
+                        raise UpdateError(f"{name}: {rel} does not match its manifest hash")
                 os.chmod(out, member.mode & 0o755)
-        if target.exists():
-            _rmtree(target)
-        os.replace(staging, target)
-        old = self.current
-        if old:
-            self._point("previous", old)
-        self._point("current", manifest.version)
-        state = self._state()
-        state["pending"] = manifest.version
-        self._save(state)
-        return manifest.version
+                # Keep the build's times: Python checks its .pyc files against their sources' mtime,
+                # and on a read-only root it could not rewrite them.
+                os.utime(out, (member.mtime, member.mtime))
+            os.sync()  # every file is on the card before anything points at it
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
     def gate(self, healthy: Callable[[], bool]) -> bool:
         """Run the health gate on a pending version: confirm it, or roll back. True when good."""
         pending = self.pending
         if pending is None:
             return True
-        state = self._state()
-        if healthy():
-            state["pending"] = None
-            self._save(state)
+        if pending != self.current:
+            # An install stopped before it switched ``current``: nothing to judge.
+            with self._locked(), writable(self.root):
+                state = self._state()
+                state["pending"] = None
+                self._save(state)
             return True
-        state["failed"] = [*state["failed"], pending]
-        state["pending"] = None
-        previous = self.previous
-        if previous:
-            self._point("current", previous)
-        self._save(state)
-        return False
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path)
+        good = healthy()
+        with self._locked(), writable(self.root):
+            state = self._state()
+            state["pending"] = None
+            if not good:
+                state["failed"] = [*state["failed"], pending]
+                previous = self.previous
+                if previous and previous != pending and (self.root / "versions" / previous).is_dir():
+                    self._point("current", previous)
+            self._save(state)
+        return good
 
 
 def trading(data_dir: Path) -> str | None:

@@ -228,12 +228,37 @@ def install_appliance(root: Path, wheels: Path, version: str, log: Path) -> Path
         lib64.unlink()  # the one symlink venv makes; an update bundle carries regular files only
     for alias in (root / venv.lstrip("/") / "bin").glob("python3*"):
         alias.unlink()  # scripts run bin/python (pip wrote that shebang); more copies would only take space
+    make_relocatable(root / venv.lstrip("/"), venv)
     doc = root / venv.lstrip("/") / "share" / "doc" / "tillbox"
     doc.mkdir(parents=True, exist_ok=True)
     shutil.copy2(PROJECT / "README.md", doc / "README.md")
     current = root / recipe.INSTALL_ROOT.lstrip("/") / "current"
     current.symlink_to(f"versions/{version}")
     return root / venv.lstrip("/")
+
+
+def make_relocatable(venv_dir: Path, venv_path: str) -> list[str]:
+    """Let the venv run from any directory: an update unpacks it to ``versions/<its version>``.
+
+    pip writes the venv's absolute path into its console scripts' shebangs; those get
+    ``recipe.RELOCATABLE_SHEBANG`` (the ``python`` beside the script's real path) instead. The
+    ``activate`` scripts, which hold the path too and which an appliance never uses, go. Returns
+    the scripts changed.
+    """
+    bin_dir = venv_dir / "bin"
+    for name in ("activate", "activate.csh", "activate.fish", "Activate.ps1"):
+        (bin_dir / name).unlink(missing_ok=True)
+    shebang = f"#!{venv_path}/bin/python".encode()
+    changed = []
+    for script in sorted(bin_dir.iterdir()):
+        if not script.is_file() or script.is_symlink():
+            continue
+        data = script.read_bytes()
+        first, sep, rest = data.partition(b"\n")
+        if first.rstrip() == shebang and sep:
+            script.write_bytes(recipe.RELOCATABLE_SHEBANG.encode() + rest)
+            changed.append(script.name)
+    return changed
 
 
 def install_units(root: Path) -> list[str]:
@@ -520,7 +545,8 @@ def build(arch: str, out: Path, *, suite: str = recipe.SUITE, mirror: str = reci
     os.chmod(data_src, 0o700)
 
     used, inodes = tree_usage(root)
-    lay = recipe.layout(recipe.root_size(used, inodes), boot_mib=boot_mib, data_mib=data_mib)
+    appliance = tree_usage(root / recipe.INSTALL_ROOT.lstrip("/") / "versions" / version)
+    lay = recipe.layout(recipe.root_size(used, inodes, appliance), boot_mib=boot_mib, data_mib=data_mib)
     fs = {"TB_BOOT": work / "boot.vfat", "TB_ROOT": work / "root.ext4", "TB_DATA": work / "data.ext4"}
     make_vfat(boot_src, fs["TB_BOOT"], lay.by_label("TB_BOOT").bytes, "TB_BOOT", epoch)
     make_ext4(root, fs["TB_ROOT"], lay.by_label("TB_ROOT").bytes, "TB_ROOT", epoch)
@@ -531,6 +557,7 @@ def build(arch: str, out: Path, *, suite: str = recipe.SUITE, mirror: str = reci
     result: dict[str, Any] = {
         "arch": arch, "suite": suite, "version": version, "source_date_epoch": epoch, "inputs": inputs_hash(),
         "image": out.name, "image_bytes": out.stat().st_size, "kernel": info["kernel"], "initrd": info["initrd"],
+        "appliance_bytes": appliance[0],
         "cmdline": recipe.cmdline(arch).strip(), "units": info["units"], "tillbox_commands": info["commands"],
         "partitions": [{"number": p.number, "label": p.label, "offset": p.offset, "bytes": p.bytes}
                        for p in lay.partitions],

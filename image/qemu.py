@@ -121,11 +121,17 @@ class Guest:
         """The serial console so far."""
         return self.serial_log.read_text(errors="replace") if self.serial_log.exists() else ""
 
-    def wait_console(self, text: str, timeout: float) -> float:
-        """Seconds since start when ``text`` appeared on the console; QemuError on timeout or exit."""
+    def wait_console(self, text: str, timeout: float, *, after: str | None = None) -> float:
+        """Seconds since start when ``text`` appeared on the console (after ``after``, if given).
+
+        QemuError on timeout or when QEMU exits.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if text in self.console():
+            console = self.console()
+            if after is not None:
+                console = console.partition(after)[2]
+            if text in console:
                 return time.monotonic() - self.started
             if self.proc.poll() is not None:
                 raise QemuError(f"QEMU exited ({self.proc.returncode}) before {text!r} appeared")
@@ -211,6 +217,51 @@ def fat_get(img: Path, offset: int, name: str) -> bytes | None:
     return result.stdout if result.returncode == 0 else None
 
 
+def fat_mkdir(img: Path, offset: int, *names: str) -> None:
+    """Make directories on the FAT partition at ``offset`` (parents first)."""
+    subprocess.run(["mmd", "-D", "s", "-i", f"{img}@@{offset}", *[f"::{n}" for n in names]], check=True,
+                   env=_mtools_env(), capture_output=True)  # fmt: skip
+
+
+def ext4_at(img: Path, offset: int) -> str:
+    """The ext4 filesystem at ``offset`` in an image, as e2fsprogs tools open it (no copy, no loop device)."""
+    return f"{img}?offset={offset}"
+
+
+def ext4_readlink(fs: Path | str, path: str) -> str | None:
+    """A symlink's target in an ext4 image, or None when ``path`` is not a symlink."""
+    result = subprocess.run(["debugfs", "-R", f"stat {path}", str(fs)], capture_output=True, text=True,
+                            check=False)  # fmt: skip
+    for line in result.stdout.splitlines():
+        if line.startswith("Fast link dest:"):
+            return line.split(":", 1)[1].strip().strip('"')
+    return None
+
+
+def ext4_ls(fs: Path | str, path: str) -> list[str]:
+    """Names in a directory of an ext4 image (without . and ..)."""
+    result = subprocess.run(["debugfs", "-R", f"ls -p {path}", str(fs)], capture_output=True, text=True,
+                            check=False)  # fmt: skip
+    names = [line.split("/")[5] for line in result.stdout.splitlines() if line.count("/") >= 6]
+    return sorted(n for n in names if n not in (".", ".."))
+
+
+def ext4_rdump(fs: Path | str, path: str, dest: Path) -> Path:
+    """Copy a directory out of an ext4 image into ``dest`` (modes and times kept); the copy's path."""
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["debugfs", "-R", f"rdump {path} {dest}", str(fs)], capture_output=True, check=True)
+    out = dest / path.rstrip("/").rsplit("/", 1)[-1]
+    if not out.is_dir():
+        raise QemuError(f"debugfs could not copy {path} out of {fs}")
+    return out
+
+
+def fsck_clean(fs: Path | str) -> tuple[bool, str]:
+    """Check an ext4 image without changing it (``e2fsck -fn``): (clean, the end of its report)."""
+    result = subprocess.run(["e2fsck", "-fn", str(fs)], capture_output=True, text=True, check=False)
+    return result.returncode == 0, (result.stdout + result.stderr)[-500:]
+
+
 def extract_partition(img: Path, offset: int, size: int, out: Path) -> Path:
     """Copy one partition out of the image (to read it with debugfs); all-zero blocks stay holes."""
     chunk = 1 << 20
@@ -251,7 +302,7 @@ def contains(path: Path, needle: bytes, start: int = 0, end: int | None = None, 
     return False
 
 
-def ext4_read(fs: Path, path: str) -> bytes | None:
+def ext4_read(fs: Path | str, path: str) -> bytes | None:
     """A file from an ext4 filesystem image (after ``e2fsck -fy`` replays its journal), or None."""
     result = subprocess.run(["debugfs", "-R", f"cat {path}", str(fs)], capture_output=True, check=False)
     if result.returncode != 0 or b"File not found" in result.stderr:

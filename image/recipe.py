@@ -32,6 +32,15 @@ HOSTNAME = "tillbox"
 DISK_ID = 0x7B11B0C5
 #: Where tillbox-settings.service writes what the read-only root's /etc links point at.
 RUN_SETTINGS = "/run/tillbox-system"
+#: On the boot partition: what a QEMU test leaves for tillbox-lab-update.service (update.tar, keys/).
+LAB_DIR = "tillbox-lab"
+#: The first lines of the venv's console scripts, instead of pip's ``#!/opt/tillbox/versions/<v>/bin/python``:
+#: run the ``python`` beside the script's real path, so a version runs from whatever directory an
+#: update unpacks it to (sh runs line 2; to Python lines 2-3 are a string).
+RELOCATABLE_SHEBANG = """#!/bin/sh
+'''exec' "$(dirname -- "$(realpath -- "$0")")/python" "$0" "$@"
+' '''
+"""
 #: Fixed ids so the data partition's owner is the same on every image.
 TILLBOX_UID = 901
 KIOSK_UID = 902
@@ -137,8 +146,13 @@ def _align(n_bytes: int) -> int:
     return -(-n_bytes // unit) * unit
 
 
-def root_size(used_bytes: int, inodes: int) -> int:
-    """Bytes for an ext4 holding ``used_bytes`` of files in ``inodes`` inodes, with room for fsck and the journal."""
+def root_size(used_bytes: int, inodes: int, update: tuple[int, int] = (0, 0)) -> int:
+    """Bytes for an ext4 holding ``used_bytes`` of files in ``inodes`` inodes, with room for fsck and the journal.
+
+    ``update`` is (bytes, inodes) of one appliance version: an update unpacks the next version
+    beside the running one, so the root keeps room for a second copy.
+    """
+    used_bytes, inodes = used_bytes + update[0], inodes + update[1]
     overhead = inodes * 256 + 64 * MIB  # inode tables, journal, reserved blocks
     return _align(int(used_bytes * 1.10) + overhead)
 
@@ -408,6 +422,35 @@ def lab_report_script() -> str:
         """)
 
 
+def lab_update_script() -> str:
+    """Install the update bundle a QEMU test left on the boot partition (tillbox-lab-update.service).
+
+    As a technician would, as root: ``tillbox update install`` from the running version. With
+    ``apply-now`` beside the bundle it also restarts the daemon onto the new version and runs
+    the health gate unit at once (with a short wait), instead of at the next boot.
+    """
+    return textwrap.dedent(f"""\
+        #!/bin/sh
+        # tillbox lab update: install {BOOT_DIR}/{LAB_DIR}/update.tar, trusting the keys in
+        # {LAB_DIR}/keys; tillbox-lab-update.service runs it only in a VM with tillbox.lab=1.
+        lab={BOOT_DIR}/{LAB_DIR}
+        say() {{ echo "tillbox-lab-update: $*"; }}
+        out=$({INSTALL_ROOT}/current/bin/tillbox update install "$lab/update.tar" --keys "$lab/keys" 2>&1)
+        say "install rc=$? $out"
+        if [ -e "$lab/apply-now" ]; then
+            systemctl restart tillbox.service
+            say "restart rc=$?"
+            systemctl set-environment TILLBOX_GATE_WAIT=5
+            systemctl start tillbox-update-gate.service
+            say "gate rc=$?"
+            systemctl unset-environment TILLBOX_GATE_WAIT
+        fi
+        say "done current=$(readlink {INSTALL_ROOT}/current)" \\
+            "root=$(findmnt -no OPTIONS / | cut -d, -f1)" \\
+            "state=$(tr -d ' \\n' < {INSTALL_ROOT}/state.json)"
+        """)
+
+
 def locale_gen() -> str:
     """/etc/locale.gen: the UTF-8 locales the image compiles (``locale`` in a provisioning file picks one)."""
     return "# tillbox: compiled into the image by locale-gen\n" + "".join(f"{x}.UTF-8 UTF-8\n" for x in OS_LOCALES)
@@ -435,7 +478,7 @@ def root_links(arch: str) -> dict[str, str]:
 ENABLE = ("systemd-networkd.service", "systemd-resolved.service", "systemd-timesyncd.service",
           "tillbox.service", "tillbox-provision.service", "tillbox-kiosk.service", "tillbox-update-gate.service",
           "tillbox-settings.service", "tillbox-grow-data.service", "tillbox-lab-http.socket",
-          "tillbox-lab-report.service")  # fmt: skip
+          "tillbox-lab-report.service", "tillbox-lab-update.service")  # fmt: skip
 #: Units that make no sense on a read-only appliance root.
 MASK = ("systemd-firstboot.service", "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer",
         "e2scrub_reap.service")  # fmt: skip
@@ -452,6 +495,7 @@ def root_files(arch: str, version: str, disk_id: int = DISK_ID) -> dict[str, Fil
         "/etc/initramfs-tools/scripts/local-bottom/tillbox-machine-id": File(initramfs_machine_id(disk_id), 0o755),
         "/usr/lib/tillbox/grow-data": File(grow_data_script(), 0o755),
         "/usr/lib/tillbox/lab-report": File(lab_report_script(), 0o755),
+        "/usr/lib/tillbox/lab-update": File(lab_update_script(), 0o755),
         "/etc/systemd/system/tillbox-grow-data.service": File(grow_data_unit(disk_id)),
         "/etc/systemd/journald.conf.d/tillbox.conf": File(journald_dropin()),
         "/usr/lib/sysusers.d/tillbox.conf": File(sysusers()),

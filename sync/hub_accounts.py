@@ -8,10 +8,11 @@ or through the online channel (:class:`Accounts` methods, for the web shop and t
 
 Requests are strict: a redemption beyond the balance is declined, an unknown account is
 not found. Events are facts that already happened at a till and are always applied: an
-offline redemption that overdraws an account is booked and raises the hub alert
-``stored_value.negative`` (``loyalty.negative`` for points). A reversal undoes one
-movement once; a reversal that arrives before its movement cancels it, so the movement
-never applies. See docs/accounts.md.
+offline redemption, or a claw-back of points a returned sale had earned, that overdraws an
+account is booked and raises the hub alert ``stored_value.negative`` (``loyalty.negative``
+for points). A reversal undoes one movement once, on the account of that movement; a
+reversal that arrives before its movement cancels it, so the movement never applies. See
+docs/accounts.md.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ class Accounts:
             kind, currency, balance = str(row[0]), str(row[1]), int(row[2])
             if strict and m.op == "issue":
                 raise SaleError(f"{m.account} already exists; top it up instead")
-            if (kind, currency) != (m.kind, m.currency) and m.book == STORED_VALUE:
+            if (kind, currency) != (m.kind, m.currency) and m.book == STORED_VALUE and m.op != "reverse":
                 problem = f"{m.account} is a {kind.replace('_', ' ')} in {currency}, not {m.kind} in {m.currency}"
                 if strict:
                     raise InputError(problem)
@@ -403,6 +404,11 @@ class Accounts:
                       move_id: str | None = None) -> dict[str, Any]:  # fmt: skip
         """Spend points online; :class:`TenderError` when the customer has fewer."""
         return self._points("redeem", customer, points, ref=ref, move_id=move_id, partial=partial)
+
+    def claw_back_points(self, customer: str, points: int, *, ref: str | None = None, move_id: str | None = None
+                         ) -> dict[str, Any]:  # fmt: skip
+        """Take back points an order returned online had earned; may overdraw (alert ``loyalty.negative``)."""
+        return self._points("clawback", customer, points, ref=ref, move_id=move_id)
 
     def _points(self, op: str, customer: str, points: int, *, move_id: str | None, **kw: Any) -> dict[str, Any]:
         if points <= 0:

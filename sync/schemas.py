@@ -228,7 +228,8 @@ _MOVE_MODE = {"enum": ["online", "offline", "local"],
 _ACCT_REF = {"type": "string", "maxLength": 64, "description": "What the movement belongs to (sale, return, order)."}
 _ACCT_STAFF = {"type": ["string", "null"], "maxLength": 128}
 _SV_OP = {"enum": ["issue", "top_up", "redeem", "refund", "reverse"]}
-_LOYALTY_OP = {"enum": ["earn", "redeem", "refund", "reverse"]}
+_LOYALTY_OP = {"enum": ["earn", "redeem", "refund", "clawback", "reverse"],
+               "description": "clawback: points a returned sale had earned, taken back (may overdraw)."}
 _REVERSES = {**_UUID_ANY, "description": "op reverse: the movement to undo, once (one that never came never applies)."}
 _SV_MOVED = _obj(
     {"move_id": _UUID_ANY, "op": _SV_OP, "account": _ACCOUNT, "kind": _SV_KIND, "delta": _DELTA,
@@ -505,8 +506,8 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "loyalty-balance-result": _doc("loyalty-balance-result", "A customer's points at the hub (the customer id, "
                                    "also when asked by loyalty card).", _obj(
         {"customer": _CUSTOMER, "points": {"type": "integer"}}, ["customer", "points"])),
-    "loyalty-move-request": _doc("loyalty-move-request", "Earn, redeem, refund or reverse loyalty points; id is the "
-                                 "movement's id (applied once).", _obj(
+    "loyalty-move-request": _doc("loyalty-move-request", "Earn, redeem, refund, claw back or reverse loyalty points; "
+                                 "id is the movement's id (applied once).", _obj(
         {"id": _UUID_ANY, "op": _LOYALTY_OP, "customer": _CUSTOMER, "points": _POINTS,
          "partial": {"type": "boolean", "description": "redeem: take what there is, up to points."},
          "ref": _ACCT_REF, "reverses": _REVERSES, "staff": _ACCT_STAFF, "time": _TIME},

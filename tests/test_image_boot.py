@@ -6,9 +6,14 @@ builds one (root, mmdebstrap). It skips, saying why, only when those tools are n
 The guest reaches the host's Mosquitto at 10.0.2.2 (QEMU user networking maps it to 127.0.0.1).
 
 The card is a copy of the image made 1 GiB larger, as an SD card bigger than the image is. The
-first boot provisions (with Wi-Fi, a time zone and a locale), grows the data partition, and
-serves health; the second boot shows that the machine id and the settings survive a reboot.
-``tillbox.lab=1`` makes the guest print one ``tillbox-lab-report:`` line of facts on the console.
+first boot provisions (with Wi-Fi, a time zone and a locale), grows the data partition, serves
+health, and installs a signed update on the read-only root; the second boot runs the update,
+its health gate confirms it, and the machine id and the settings survive the reboot. In the
+same boot a broken update is installed, fails its gate and is rolled back.
+``tillbox.lab=1`` makes the guest print one ``tillbox-lab-report:`` line of facts on the console,
+and (in a VM only) install ``tillbox-lab/update.tar`` from the boot partition.
+
+One test runs the whole story, so that pytest-xdist never splits it (and boots the card twice over).
 """
 
 from __future__ import annotations
@@ -112,6 +117,60 @@ def _report(console: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in match.group(1).split())
 
 
+@dataclass(frozen=True)
+class Bundles:
+    """Signed update bundles for the card, and the throw-away key's public half."""
+
+    keys: Path
+    good: Path
+    good_version: str
+    broken: Path
+    broken_version: str
+
+
+def _tillbox(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "appliance.cli", *args], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def bundles(artifacts: qemu.Artifacts, workdir: Path) -> Bundles:
+    """The image's own version repacked as ``<version>+lab1``, and a version whose daemon cannot start.
+
+    Both are signed with a key made here (its private half stays in the test's temporary
+    directory); the guest trusts its public half from the boot partition, as the lab unit says.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    secret = workdir / "release.key"
+    secret.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))  # fmt: skip
+    keys = workdir / "keys"
+    keys.mkdir()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (keys / "lab.pem").write_bytes(public)
+    version = artifacts.info["version"]
+    good, broken = f"{version}+lab1", f"{version}+broken"
+    # The installed venv, straight from the image's root filesystem; it says it is the new version.
+    root_fs = qemu.ext4_at(artifacts.image, artifacts.partition("TB_ROOT")[0])
+    venv = qemu.ext4_rdump(root_fs, f"{recipe.INSTALL_ROOT}/versions/{version}", workdir / "extracted")
+    (metadata,) = venv.glob("lib/python3*/site-packages/tillbox-*.dist-info/METADATA")
+    text = metadata.read_text()
+    assert f"\nVersion: {version}\n" in text
+    metadata.write_text(text.replace(f"\nVersion: {version}\n", f"\nVersion: {good}\n", 1))
+    _tillbox("update", "build", str(venv), "--version", good, "--key", str(secret), "--out", str(workdir / "good.tar"))
+    bad = workdir / "broken" / "bin"
+    bad.mkdir(parents=True)
+    (bad / "tillbox").write_text("#!/bin/sh\necho 'tillbox: this build is broken' >&2\nexit 1\n")
+    (bad / "tillbox").chmod(0o755)
+    _tillbox("update", "build", str(bad.parent), "--version", broken, "--key", str(secret), "--out",
+             str(workdir / "broken.tar"))  # fmt: skip
+    return Bundles(keys, workdir / "good.tar", good, workdir / "broken.tar", broken)
+
+
 @dataclass
 class Boot:
     """What one boot of the card showed."""
@@ -120,20 +179,33 @@ class Boot:
     report: dict[str, str]
     healthy_s: float
     health: dict[str, object]
+    health_after_update: dict[str, object]
+    times: dict[str, float]
 
 
-def _boot(art: qemu.Artifacts, disk: Path, serial: Path, *, wait_provisioned: bool) -> tuple[Boot, dict[str, float]]:
+UPDATE_TIMEOUT = 240.0 if qemu.kvm_usable() else 600.0
+
+
+def _boot(art: qemu.Artifacts, disk: Path, serial: Path, *, first: bool) -> Boot:
+    """Boot the card, wait for health, the lab report (and the kiosk) and the lab update, then power off."""
     guest = qemu.boot(art, disk, serial, extra_cmdline=("systemd.journald.forward_to_console=1",))
     times: dict[str, float] = {}
     try:
-        if wait_provisioned:
+        if first:
             times["provisioned_s"] = guest.wait_console(f"provisioned as {STORE}/{DEVICE}", BOOT_TIMEOUT)
         healthy_at, health = guest.wait_healthy(BOOT_TIMEOUT)
         times["boot_to_healthy_s"] = healthy_at
         guest.wait_console("tillbox-lab-report:", 120)
-        if wait_provisioned:
+        if first:
             # The kiosk (cage + Chromium on the virtio GPU) starts once the daemon is healthy.
             times["kiosk_started_s"] = guest.wait_console("systemd[1]: Started tillbox-kiosk.service", 180)
+        times["lab_update_done_s"] = guest.wait_console("tillbox-lab-update: done", UPDATE_TIMEOUT)
+        _, after = guest.wait_healthy(BOOT_TIMEOUT)
+        if not first:
+            # After a rollback the screen comes back with the daemon (the gate restarts both).
+            times["kiosk_after_rollback_s"] = guest.wait_console(
+                "Started tillbox-kiosk.service", 180, after="failed its health gate; rolled back"
+            )
         guest.powerdown()
         guest.stop(timeout=120)
     except BaseException:
@@ -142,7 +214,7 @@ def _boot(art: qemu.Artifacts, disk: Path, serial: Path, *, wait_provisioned: bo
         sys.stderr.write(guest.console()[-6000:])
         raise
     console = guest.console()
-    return Boot(console, _report(console), healthy_at, health), times
+    return Boot(console, _report(console), healthy_at, health, after, times)
 
 
 @dataclass
@@ -155,9 +227,8 @@ class Card:
     broker_url: str
 
 
-@pytest.fixture(scope="module")
-def card(artifacts: qemu.Artifacts, broker: Mosquitto, hub: Path, workdir: Path) -> Card:
-    """A card 1 GiB larger than the image, with a provisioning file, booted once."""
+def _first_boot(artifacts: qemu.Artifacts, hub: Path, broker: Mosquitto, bundles: Bundles, workdir: Path) -> Card:
+    """A card 1 GiB larger than the image, with a provisioning file and an update, booted once."""
     disk = workdir / "disk.img"
     subprocess.run(["cp", "--sparse=always", str(artifacts.image), str(disk)], check=True)
     with disk.open("r+b") as fh:
@@ -170,13 +241,55 @@ def card(artifacts: qemu.Artifacts, broker: Mosquitto, hub: Path, workdir: Path)
     prov_file.write_text(provision.render(prov))
     boot_offset, _ = artifacts.partition("TB_BOOT")
     qemu.fat_put(disk, boot_offset, prov_file, recipe.PROVISION_FILE)
-    first, times = _boot(artifacts, disk, workdir / "serial-1.log", wait_provisioned=True)
-    _record({"accel": "kvm" if qemu.kvm_usable() else "tcg", **{k: round(v, 1) for k, v in times.items()}})
+    qemu.fat_mkdir(disk, boot_offset, recipe.LAB_DIR, f"{recipe.LAB_DIR}/keys")
+    qemu.fat_put(disk, boot_offset, bundles.keys / "lab.pem", f"{recipe.LAB_DIR}/keys/lab.pem")
+    qemu.fat_put(disk, boot_offset, bundles.good, f"{recipe.LAB_DIR}/update.tar")
+    first = _boot(artifacts, disk, workdir / "serial-1.log", first=True)
+    _record({"accel": "kvm" if qemu.kvm_usable() else "tcg", **{k: round(v, 1) for k, v in first.times.items()}})
     return Card(disk, first, token, broker_url)
 
 
-def test_first_boot_provisions_and_serves_health(artifacts: qemu.Artifacts, card: Card, hub: Path,
-                                                 workdir: Path) -> None:  # fmt: skip
+def _root(artifacts: qemu.Artifacts, disk: Path) -> dict[str, object]:
+    """The install root on the card's root filesystem, read without mounting, and whether fsck finds it clean."""
+    fs = qemu.ext4_at(disk, artifacts.partition("TB_ROOT")[0])
+    clean, fsck_log = qemu.fsck_clean(fs)
+    base = recipe.INSTALL_ROOT
+    return {
+        "clean": clean, "fsck": fsck_log, "current": qemu.ext4_readlink(fs, f"{base}/current"),
+        "previous": qemu.ext4_readlink(fs, f"{base}/previous"), "versions": qemu.ext4_ls(fs, f"{base}/versions"),
+        "state": json.loads(qemu.ext4_read(fs, f"{base}/state.json") or b"null"),
+    }  # fmt: skip
+
+
+def _lab_update(console: str) -> str:
+    """What the lab update printed, one line each (from journald's copy on the console)."""
+    marker = "tillbox-lab-update: "
+    return "\n".join(line.split(marker, 1)[1] for line in console.splitlines() if marker in line)
+
+
+def test_card_provisions_updates_and_rolls_back(artifacts: qemu.Artifacts, broker: Mosquitto, hub: Path,
+                                                bundles: Bundles, workdir: Path) -> None:  # fmt: skip
+    card = _first_boot(artifacts, hub, broker, bundles, workdir)
+    _check_first_boot_provisions_and_serves_health(artifacts, card, hub, workdir)
+    _check_first_boot_grows_the_data_partition_and_applies_the_settings(artifacts, card)
+    _check_first_boot_installs_the_update_on_the_read_only_root(artifacts, card, bundles)
+
+    # Powered off: a broken update waits on the boot partition, to be applied at once in the next boot.
+    boot_offset, _ = artifacts.partition("TB_BOOT")
+    qemu.fat_put(card.disk, boot_offset, bundles.broken, f"{recipe.LAB_DIR}/update.tar")
+    (workdir / "apply-now").write_text("")
+    qemu.fat_put(card.disk, boot_offset, workdir / "apply-now", f"{recipe.LAB_DIR}/apply-now")
+    second = _boot(artifacts, card.disk, workdir / "serial-2.log", first=False)
+    _record({"second_boot_to_healthy_s": round(second.healthy_s, 1),
+             "rollback_done_s": round(second.times["lab_update_done_s"], 1),
+             "kiosk_after_rollback_s": round(second.times["kiosk_after_rollback_s"], 1)})  # fmt: skip
+    _check_second_boot_runs_the_update_and_its_gate_confirms_it(artifacts, card, second, bundles)
+    _check_a_broken_update_is_rolled_back(artifacts, card, second, bundles)
+    _check_second_boot_keeps_the_machine_id_and_the_settings(card, second)
+
+
+def _check_first_boot_provisions_and_serves_health(artifacts: qemu.Artifacts, card: Card, hub: Path,
+                                                    workdir: Path) -> None:  # fmt: skip
     console = card.first.console
     assert "systemd[1]: Started tillbox.service" in console
     assert card.first.health.get("status") == "ok", card.first.health
@@ -222,8 +335,8 @@ def test_first_boot_provisions_and_serves_health(artifacts: qemu.Artifacts, card
     assert (qemu.ext4_read(data, "/system/machine-id") or b"").decode().strip() == card.first.report["machine-id"]
 
 
-def test_first_boot_grows_the_data_partition_and_applies_the_settings(artifacts: qemu.Artifacts,
-                                                                     card: Card) -> None:  # fmt: skip
+def _check_first_boot_grows_the_data_partition_and_applies_the_settings(artifacts: qemu.Artifacts,
+                                                                       card: Card) -> None:  # fmt: skip
     report = card.first.report
     offset, size = artifacts.partition("TB_DATA")
     # growpart ends the partition at the card's end (sfdisk keeps a 1 MiB alignment), and the
@@ -244,11 +357,50 @@ def test_first_boot_grows_the_data_partition_and_applies_the_settings(artifacts:
     assert re.fullmatch(r"[0-9a-f]{32}", report["machine-id"])
 
 
-def test_second_boot_keeps_the_machine_id_and_the_settings(artifacts: qemu.Artifacts, card: Card,
-                                                           workdir: Path) -> None:  # fmt: skip
-    second, times = _boot(artifacts, card.disk, workdir / "serial-2.log", wait_provisioned=False)
-    _record({"second_boot_to_healthy_s": round(times["boot_to_healthy_s"], 1)})
+def _check_first_boot_installs_the_update_on_the_read_only_root(artifacts: qemu.Artifacts, card: Card,
+                                                                bundles: Bundles) -> None:  # fmt: skip
+    version = artifacts.info["version"]
+    lab = _lab_update(card.first.console)
+    assert f"install rc=0 installed {bundles.good_version};" in lab, lab
+    # The root was writable only while the update was written: read-only again right after it.
+    assert re.search(rf"done current=versions/{re.escape(bundles.good_version)} root=ro ", lab), lab
+    assert card.first.health_after_update.get("version") == version, "the update waits for the next start"
+    root = _root(artifacts, card.disk)
+    assert root["clean"], root["fsck"]
+    assert root["current"] == f"versions/{bundles.good_version}" and root["previous"] == f"versions/{version}"
+    assert root["versions"] == sorted([version, bundles.good_version]), "no staging directory is left"
+    assert root["state"] == {"pending": bundles.good_version, "failed": []}
+
+
+def _check_second_boot_runs_the_update_and_its_gate_confirms_it(artifacts: qemu.Artifacts, card: Card, second: Boot,
+                                                                bundles: Bundles) -> None:  # fmt: skip
     assert second.health.get("status") == "ok", second.health
+    assert second.health.get("version") == bundles.good_version, "the second boot runs the installed update"
+    assert f"version {bundles.good_version} is good" in second.console, "the update gate confirmed it"
+
+
+def _check_a_broken_update_is_rolled_back(artifacts: qemu.Artifacts, card: Card, second: Boot,
+                                          bundles: Bundles) -> None:  # fmt: skip
+    lab = _lab_update(second.console)
+    assert f"install rc=0 installed {bundles.broken_version};" in lab, lab
+    assert "restart rc=0" not in lab, "the broken version's daemon cannot start"
+    assert "tillbox: this build is broken" in second.console
+    assert (f"version {bundles.broken_version} failed its health gate; rolled back to {bundles.good_version}"
+            in second.console)  # fmt: skip
+    state = json.dumps({"pending": None, "failed": [bundles.broken_version]}, separators=(",", ":"))
+    assert f"done current=versions/{bundles.good_version} root=ro state={state}" in lab, lab
+    # The gate restarted the daemon on the version it rolled back to.
+    assert second.health_after_update.get("status") == "ok", second.health_after_update
+    assert second.health_after_update.get("version") == bundles.good_version
+    root = _root(artifacts, card.disk)
+    assert root["clean"], root["fsck"]
+    assert root["current"] == root["previous"] == f"versions/{bundles.good_version}"
+    # The image's own version made room for the broken one; nothing else is kept.
+    assert root["versions"] == sorted([bundles.good_version, bundles.broken_version])
+    assert root["state"] == {"pending": None, "failed": [bundles.broken_version]}
+
+
+def _check_second_boot_keeps_the_machine_id_and_the_settings(card: Card, second: Boot) -> None:
     # The initrd put the stored machine id back: journald, DHCP (networkd's DUID) and the till's
     # logs see the same machine on every boot.
     assert second.report["machine-id"] == card.first.report["machine-id"]

@@ -273,7 +273,7 @@ def test_grow_unit_runs_on_the_mounted_data_partition_before_its_filesystem_grow
     assert "tillbox-grow-data.service" in recipe.ENABLE and "tillbox-settings.service" in recipe.ENABLE
 
 
-@pytest.mark.parametrize("name", ["initramfs_machine_id", "grow_data_script", "lab_report_script"])
+@pytest.mark.parametrize("name", ["initramfs_machine_id", "grow_data_script", "lab_report_script", "lab_update_script"])
 def test_shell_scripts_parse(name: str, tmp_path: Path) -> None:
     script = tmp_path / name
     script.write_text(getattr(recipe, name)())
@@ -303,6 +303,69 @@ def test_lab_report_runs_only_in_the_lab() -> None:
     assert unit["Unit"]["ConditionKernelCommandLine"] == "tillbox.lab=1"
     assert unit["Service"]["ExecStart"] == "/usr/lib/tillbox/lab-report"
     assert "tillbox-lab-report.service" in recipe.ENABLE
+
+
+def test_lab_update_runs_only_in_a_virtual_machine_in_the_lab() -> None:
+    unit = configparser.ConfigParser(strict=False)
+    unit.read(ROOT / "image" / "units" / "tillbox-lab-update.service")
+    assert unit["Unit"]["ConditionKernelCommandLine"] == "tillbox.lab=1"
+    assert unit["Unit"]["ConditionVirtualization"] == "vm", "a Pi is never a VM: the unit cannot run on a till"
+    assert unit["Service"]["ExecStart"] == "/usr/lib/tillbox/lab-update"
+    assert "tillbox-update-gate.service" in unit["Unit"]["After"].split()
+    assert recipe.root_files("arm64", "1")["/usr/lib/tillbox/lab-update"].mode == 0o755
+    assert "tillbox-lab-update.service" in recipe.ENABLE
+
+
+def test_update_gate_unit_judges_a_version_whose_daemon_fails() -> None:
+    unit = _unit("tillbox-update-gate.service")
+    assert "Requires" not in unit["Unit"], "a dependency failure would skip the gate, and the rollback with it"
+    assert unit["Unit"]["Wants"] == unit["Unit"]["After"] == "tillbox.service"
+    assert unit["Service"]["User"] == "root", "the gate remounts the read-only root to record its verdict"
+    command = unit["Service"]["ExecStart"]
+    # the known-good version judges a new one; systemd unescapes $$ for the shell
+    assert command.index("/opt/tillbox/previous/bin/tillbox") < command.index("/opt/tillbox/current/bin/tillbox")
+    assert "$$bin" in command and "|| /bin/systemctl restart tillbox.service" in command
+
+
+def test_venv_scripts_run_the_python_beside_their_real_path(tmp_path: Path) -> None:
+    """An update unpacks a venv to versions/<version>: its scripts must not name the build's path."""
+    import sys
+
+    venv = tmp_path / "versions" / "2.0.0"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    built = "/opt/tillbox/versions/1.0.0"  # where pip installed it
+    hello = "import sys\nprint(sys.executable, sys.argv[1:])\n"
+    (venv / "bin" / "hello").write_text(f"#!{built}/bin/python\n# -*- coding: utf-8 -*-\n{hello}")
+    (venv / "bin" / "hello").chmod(0o755)
+    (venv / "bin" / "other").write_text("#!/bin/sh\necho other\n")
+    (venv / "bin" / "activate").write_text(f"VIRTUAL_ENV={built}\n")
+    assert build.make_relocatable(venv, built) == ["hello"]
+    assert not (venv / "bin" / "activate").exists()
+    assert (venv / "bin" / "other").read_text() == "#!/bin/sh\necho other\n"
+    (tmp_path / "current").symlink_to("versions/2.0.0")
+    out = subprocess.run([str(tmp_path / "current" / "bin" / "hello"), "a b", "c"], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    assert out == f"{venv / 'bin' / 'python'} ['a b', 'c']\n"
+
+
+def test_provision_write_takes_every_wifi_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from appliance import cli, provision
+
+    out = tmp_path / recipe.PROVISION_FILE
+    base = ["provision", "write", "--store", "s1", "--device", "d1", "--broker", "mqtt://hub:1883", "--token", "t" * 20,
+            "--out", str(out)]  # fmt: skip
+    assert cli.main([*base, "--wifi-ssid", "shop", "--wifi-psk", "passphrase", "--wifi-country", "DE"]) == 0
+    assert provision.load(out).wifi == {"ssid": "shop", "psk": "passphrase", "country": "DE"}
+    assert cli.main([*base, "--wifi-ssid", "open shop"]) == 0
+    assert provision.load(out).wifi == {"ssid": "open shop", "psk": ""}
+    out.unlink()
+    capsys.readouterr()
+    assert cli.main([*base, "--wifi-ssid", "shop", "--wifi-psk", "passphrase", "--wifi-country", "de"]) != 0
+    assert "country must be a two-letter ISO 3166 code" in capsys.readouterr().err
+    assert cli.main([*base, "--wifi-country", "DE"]) != 0
+    assert "need --wifi-ssid" in capsys.readouterr().err
+    assert not out.exists(), "nothing is written from bad options"
 
 
 # -- the Pi boot files against the partition layout -----------------------------------------------
@@ -377,6 +440,8 @@ def test_root_size_leaves_room_and_grows_with_the_tree() -> None:
     assert small > 100 * MIB
     assert recipe.root_size(200 * MIB, 10_000) > small
     assert recipe.root_size(100 * MIB, 100_000) > small
+    # room for a second appliance version, which an update unpacks beside the running one
+    assert recipe.root_size(100 * MIB, 10_000, (50 * MIB, 5_000)) >= small + 50 * MIB
 
 
 def test_layout_rejects_tiny_partitions() -> None:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from appliance.clock import FrozenClock
 from appliance.config import parse_config
 from appliance.errors import InputError, SaleError, TenderError
-from appliance.loyalty import Rules, points_earned
+from appliance.loyalty import Rules, points_earned, points_kept
 from appliance.money import Currency
 from appliance.returns import ReturnRequest
 from appliance.staff import Action, Approval
@@ -149,7 +149,10 @@ def test_a_sale_earns_points_and_points_pay_a_later_sale(till: Till) -> None:
     ret, _ = till.refund(plan, Approval(Action.REFUND, "sue", None, till.clock.now() + timedelta(minutes=1)))
     assert ret["refunds"][0] == {"kind": "loyalty", "amount": 65, "reference": CUSTOMER,
                                  "original_reference": CUSTOMER, "points": 13}  # fmt: skip
-    assert till.loyalty.get(CUSTOMER).points == 18
+    # the 13 points that paid come back; the 5 the book had earned are taken back
+    assert [(e["op"], e["delta"], e["ref"]) for e in _events(till)][3:] == [("refund", 13, ret["id"]),
+                                                                            ("clawback", -5, ret["id"])]  # fmt: skip
+    assert till.loyalty.get(CUSTOMER).points == 5 + 13 - 5
 
 
 def test_points_need_a_customer_and_the_scheme(till: Till, tmp_path: Path) -> None:
@@ -181,8 +184,11 @@ def test_offline_points_are_limited_per_customer_and_per_till(offline_till: Till
     assert till.pay_points(sale).detail["points"] == "50"  # what is left of the till's limit
     sale.pay_cash(sale.cash_due())
     till.complete(sale)
-    moves = [(e["op"], e["delta"], e["mode"], e["balance"]) for e in _events(till)]
+    moves = [(e["op"], e["delta"], e["mode"], e["balance"]) for e in _events(till) if e["op"] != "reverse"]
     assert moves[0] == ("redeem", -100, "offline", None)  # the till does not know the customer's points
+    # the two refused attempts had been written down before the shop was asked: they are given back
+    assert [(e["op"], e["customer"]) for e in _events(till) if e["op"] == "reverse"] == [("reverse", CUSTOMER),
+                                                                                        ("reverse", other)]  # fmt: skip
     # a voided sale reverses its offline points (the hub cancels them if they never arrived)
     sale = _sale(till, BOOK, customer=other)
     till.ledger.mark_acked(till.ledger.outbox(limit=1000)[-1].seq, "2026-03-02T10:00:00Z")
@@ -222,3 +228,129 @@ def test_an_order_paid_at_pickup_earns_points_like_any_sale(till: Till) -> None:
     assert done.completed is not None
     earned = [(e["customer"], e["delta"], e["ref"]) for e in _events(till) if e["op"] == "earn"]
     assert earned == [(CUSTOMER, 5, sale.id)]  # the pens' 2.70 x 2, floored; water is in drinks
+
+
+# -- points taken back when a sale is returned ----------------------------------------------------------
+
+
+def _numbered(*totals: int, **kw: Any) -> list[dict[str, Any]]:
+    return [_line(t, line=i, **kw) for i, t in enumerate(totals, 1)]
+
+
+def test_a_return_keeps_the_points_the_goods_kept_would_have_earned() -> None:
+    doc = _doc(_numbered(1_000, 99))  # 10.99 earns 10
+    assert points_kept(doc, {}, RULES, EUR) == points_earned(doc, RULES, EUR) == 10
+    assert points_kept(doc, {2: 99}, RULES, EUR) == 10  # 10.00 kept still earns 10: nothing taken back
+    assert points_kept(doc, {1: 1_000}, RULES, EUR) == 0  # 0.99 kept earns nothing
+    assert points_kept(doc, {1: 1, 2: 99}, RULES, EUR) == 9  # 9.99 kept
+    # points paid part of the eligible goods: they paid each line pro rata
+    paid = _doc(_numbered(5_000, 5_000), [{"kind": "loyalty", "amount": 2_000}])
+    assert points_earned(paid, RULES, EUR) == 80
+    assert points_kept(paid, {1: 5_000}, RULES, EUR) == 40
+    # excluded lines neither earn nor take back; a refund never counts for more than the line
+    mixed = _doc([_line(1_000, line=1), _line(5_000, line=2, department="drinks")])
+    assert points_kept(mixed, {2: 5_000}, RULES, EUR) == 10
+    assert points_kept(mixed, {1: 99_999}, RULES, EUR) == 0
+    assert points_kept(_doc(_numbered(1_000), customer=None), {}, RULES, EUR) == 0
+
+
+@given(
+    totals=st.lists(st.integers(min_value=1, max_value=50_000), min_size=1, max_size=5),
+    steps=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=4), st.integers(min_value=1, max_value=60_000)), max_size=8
+    ),
+    paid=st.integers(min_value=0, max_value=30_000),
+    rate=st.decimals(min_value=0, max_value=100, places=2),
+)
+def test_partial_returns_take_back_at_most_what_was_earned_and_all_of_it_in_the_end(
+    totals: list[int], steps: list[tuple[int, int]], paid: int, rate: Decimal
+) -> None:
+    rules = Rules(enabled=True, points_per_unit=rate)
+    doc = _doc(_numbered(*totals), [{"kind": "loyalty", "amount": paid}] if paid else [])
+    earned = points_earned(doc, rules, EUR)
+    refunded: dict[int, int] = {}
+    taken = 0
+    for index, amount in steps:  # returns one after another, as Returns prices them (never beyond the line)
+        line = index % len(totals) + 1
+        before = points_kept(doc, refunded, rules, EUR)
+        refunded[line] = min(refunded.get(line, 0) + amount, totals[line - 1])
+        after = points_kept(doc, refunded, rules, EUR)
+        assert 0 <= after <= before <= earned
+        taken += before - after
+    assert taken == earned - points_kept(doc, refunded, rules, EUR)
+    everything = dict(enumerate(totals, 1))
+    assert points_kept(doc, everything, rules, EUR) == 0
+    if not paid:  # without points paid, exactly what the goods kept earn under points_earned
+        left = [_line(t - refunded.get(i, 0), line=i) for i, t in enumerate(totals, 1)]
+        assert points_kept(doc, refunded, rules, EUR) == points_earned(_doc(left), rules, EUR)
+
+
+def _return(till: Till, number: int, line: int, qty: int = 1) -> dict[str, Any]:
+    plan = till.returns.plan_receipted(till.returns.find_sale(str(number)), [ReturnRequest(Decimal(qty), line=line)])
+    ret, _ = till.refund(plan, Approval(Action.REFUND, "sue", None, till.clock.now() + timedelta(minutes=1)))
+    return ret
+
+
+def test_returned_goods_give_back_the_points_they_earned_in_parts(till: Till) -> None:
+    sale = _sale(till, JUICE)  # the juice earns nothing (drinks)
+    till.add_sku(sale, "1010", quantity=Decimal(2))  # batteries 2 x 4.99 = 9.98: 19 points
+    sale.pay_cash(sale.cash_due())
+    done = till.complete(sale)
+    assert till.loyalty.get(CUSTOMER).points == 19
+    assert _return(till, done.committed.number, 1)["refunds"][0]["kind"] == "cash"  # the juice: nothing taken back
+    first = _return(till, done.committed.number, 2)  # 4.99 back; 4.99 kept earns 9
+    second = _return(till, done.committed.number, 2)
+    back = [(e["op"], e["delta"], e["ref"], e["reason"], e["mode"], e["staff"]) for e in _events(till)[1:]]
+    assert back == [("clawback", -10, first["id"], "return", "local", "sue"),
+                    ("clawback", -9, second["id"], "return", "local", "sue")]  # fmt: skip
+    assert till.loyalty.get(CUSTOMER).points == 0
+    row = till.ledger.conn.execute("SELECT journal_seq FROM account_moves WHERE op = 'clawback' AND ref = ?",
+                                   (first["id"],)).fetchone()  # fmt: skip
+    assert row == (till._return_seq(first["id"]),)  # in the return's own transaction
+
+
+def test_points_already_spent_are_taken_back_below_zero(till: Till) -> None:
+    sale = _sale(till, BOOK, BOOK)  # 6.98: 13 points
+    sale.pay_cash(sale.cash_due())
+    done = till.complete(sale)
+    spend = _sale(till, BOOK)
+    till.pay_points(spend, 13)
+    spend.pay_cash(spend.cash_due())
+    till.complete(spend)
+    assert till.loyalty.get(CUSTOMER).points == 5  # all spent; the second sale earned 5 on (3.49 - 0.65)
+    _return(till, done.committed.number, 1)  # never refused: this till keeps the points (it has no shop)
+    _return(till, done.committed.number, 2)
+    assert till.loyalty.get(CUSTOMER).points == 5 - 13
+
+
+def test_offline_a_clawback_is_an_event_for_the_hub_outside_the_offline_limits(offline_till: Till) -> None:
+    from appliance.loyalty import BOOK as POINTS
+    from appliance.stored_value import outstanding
+
+    till = offline_till
+    sale = _sale(till, BOOK)
+    sale.pay_cash(sale.cash_due())
+    done = till.complete(sale)
+    assert _events(till)[-1]["balance"] is None  # the till does not know the customer's points
+    _return(till, done.committed.number, 1)
+    last = _events(till)[-1]
+    assert (last["op"], last["delta"], last["mode"], last["balance"]) == ("clawback", -6, "local", None)
+    assert outstanding(till.ledger.conn, POINTS) == 0
+    from sync.contract import envelope
+    from sync.schemas import validate
+
+    for event in till.ledger.outbox(limit=1000):
+        validate("cloudevent", json.loads(envelope(event, store="demo", device="till-1")))
+
+
+def test_points_taken_for_a_sale_lost_in_a_restart_are_given_back(offline_till: Till) -> None:
+    till = offline_till
+    sale = _sale(till, WINE)
+    tender = till.pay_points(sale, 40)  # offline; then the till dies
+    restarted = Till(till.config, till.ledger, clock=till.clock, fast_hash=True)
+    [rid] = restarted.recover_accounts()
+    last = _events(till)[-1]
+    assert (last["move_id"], last["op"], last["reverses"], last["customer"], last["reason"]) == (
+        rid, "reverse", tender.detail["move"], CUSTOMER, "lost")  # fmt: skip
+    states = dict(till.ledger.conn.execute("SELECT id, state FROM account_auths"))
+    assert states == {tender.detail["move"]: "reversed"}

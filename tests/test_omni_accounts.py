@@ -20,7 +20,7 @@ from appliance.staff import Action, Approval
 from appliance.stored_value import BOOK, outstanding
 from appliance.till import Completed, Till, open_ledger
 from sync.hub import Hub
-from sync.hub_accounts import ALERT_NEGATIVE
+from sync.hub_accounts import ALERT_NEGATIVE, ALERT_NEGATIVE_POINTS
 from sync.link import LinkSettings
 from sync.service import SyncOptions, SyncService, settings_from_config
 from sync.testing import Mosquitto, wait_until
@@ -140,6 +140,12 @@ def test_a_gift_card_bought_online_is_redeemed_at_a_till(shop: Shop) -> None:
     assert till.pay_stored_value(second, account).amount == 1_004
     with pytest.raises(NotFound, match="no gift card or store credit GC-2222-2222"):
         till.pay_stored_value(second, "GC-2222-2222")
+    # the refusals took nothing at the hub: when the sale completes, they are settled without a reversal
+    _finish(till, second)
+    states = sorted(s for (s,) in till.ledger.conn.execute("SELECT state FROM account_auths"))
+    assert states == ["consumed", "consumed", "refused", "refused"]
+    assert wait_until(lambda: shop.settled(0))
+    assert [m["op"] for m in shop.hub.accounts.moves(account)] == ["issue", "redeem", "redeem"]
 
 
 def test_offline_redemptions_at_two_tills_are_reconciled_with_an_alert(shop: Shop) -> None:
@@ -176,9 +182,11 @@ def test_offline_redemptions_at_two_tills_are_reconciled_with_an_alert(shop: Sho
     # acknowledged by the shop: nothing is outstanding, the limits are free again
     assert wait_until(lambda: all(outstanding(t.ledger.conn, BOOK) == 0 for t in shop.tills))
     ops = sorted((m["op"], m["delta"], m["mode"], m["device"]) for m in shop.hub.accounts.moves(account))
-    # the voided offline tender had not reached the hub: its reversal cancels it, so it never will apply
-    assert ops == [("cancelled", 0, "local", "till-1"), ("issue", 3_000, "online", None),
-                   ("redeem", -1_996, "offline", "till-1"), ("redeem", -1_996, "offline", "till-2"),
+    # the voided offline tender and the refused attempt (asked while the shop could not be reached) had not
+    # reached the hub: their reversals cancel them, so they never will apply
+    assert ops == [("cancelled", 0, "local", "till-1"), ("cancelled", 0, "local", "till-1"),
+                   ("issue", 3_000, "online", None), ("redeem", -1_996, "offline", "till-1"),
+                   ("redeem", -1_996, "offline", "till-2"), ("reverse", 0, "local", "till-1"),
                    ("reverse", 0, "local", "till-1")]  # fmt: skip
     # online again, the card is overdrawn: the hub declines it
     with pytest.raises(TenderError, match=r"has only -9\.92 EUR"):
@@ -243,6 +251,47 @@ def test_loyalty_points_earned_at_a_till_are_redeemed_online(shop: Shop) -> None
     earned = (499 - 49) * 10 // 100  # points are not earned on what points paid
     assert shop.hub.accounts.points(customer)["points"] == earned
     assert [t["kind"] for t in done.doc["tenders"]] == ["loyalty", "cash"]
+
+
+def test_points_the_hub_took_but_the_sale_cannot_use_are_given_back(shop: Shop) -> None:
+    till = shop.tills[0]
+    shop.connect(0)
+    shop.hub.accounts.earn_points("cust-9", 30)
+    till.loyalty.rules = dataclasses.replace(till.loyalty.rules, min_redeem=50)
+    sale = _basket(till, 1, "cust-9")
+    with pytest.raises(TenderError, match=r"^customer cust-9 has too few points \(30\)$"):
+        till.pay_points(sale)  # the hub took the 30 there are (a partial redemption): too few to pay with
+    assert sale.tenders == []
+    assert wait_until(lambda: shop.settled(0))
+    assert shop.hub.accounts.points("cust-9")["points"] == 30
+    assert [m["op"] for m in shop.hub.accounts.moves("cust-9", "loyalty")] == ["earn", "redeem", "reverse"]
+    assert [s for (s,) in till.ledger.conn.execute("SELECT state FROM account_auths")] == ["reversed"]
+
+
+def test_points_of_goods_returned_at_a_till_are_taken_back_at_the_hub(shop: Shop) -> None:
+    till = shop.tills[0]
+    shop.connect(0)
+    customer = "0195a3e2-6a00-7abc-8def-00000000e7e1"
+    done = _finish(till, _basket(till, 4, customer=customer))  # 19.96: 199 points
+    assert wait_until(lambda: shop.settled(0))
+    shop.hub.accounts.redeem_points(customer, 150, ref="web-7")  # spent online: 49 left
+
+    original = till.returns.find_sale(str(done.committed.number))
+    plan = till.returns.plan_receipted(original, [ReturnRequest(Decimal(2), line=1)])  # 9.98 back; 9.98 kept: 99
+    ret, _ = till.refund(plan, Approval(Action.REFUND, "sue", None, till.clock.now() + timedelta(minutes=1)))
+    assert wait_until(lambda: shop.settled(0))
+    assert shop.hub.accounts.points(customer)["points"] == 49 - 100
+    last = shop.hub.accounts.moves(customer, "loyalty")[-1]
+    assert (last["op"], last["delta"], last["mode"], last["device"], last["ref"]) == ("clawback", -100, "local",
+                                                                                      "till-1", ret["id"])  # fmt: skip
+    [(code, subject, message)] = shop.hub.alerts()
+    assert (code, subject) == (ALERT_NEGATIVE_POINTS, customer)
+    assert message == f"points {customer} is overdrawn: balance -51 points after local clawback at demo/till-1"
+    # online, the hub books a claw-back once per movement id, like any other movement
+    web = "0195a3e2-6a00-7abc-8def-00000000c1a0"
+    first = shop.hub.accounts.claw_back_points(customer, 9, ref="web-8", move_id=web)
+    again = shop.hub.accounts.claw_back_points(customer, 9, ref="web-8", move_id=web)
+    assert first == again and (first["op"], first["delta"], first["balance"]) == ("clawback", -9, -60)
 
 
 def test_cards_sold_at_a_till_store_credit_from_returns_and_voids_reach_the_hub(shop: Shop) -> None:

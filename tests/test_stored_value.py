@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from appliance.clock import FrozenClock
 from appliance.config import parse_config
 from appliance.errors import DeviceUnavailable, InputError, NotFound, SaleError, TenderError
 from appliance.ledger import verify
@@ -25,7 +26,7 @@ JUICE, BOOK = "5901234123457", "9780201379624"
 
 
 @pytest.fixture
-def credit_till(tmp_path: Path, clock) -> Till:  # type: ignore[no-untyped-def]
+def credit_till(tmp_path: Path, clock: FrozenClock) -> Till:
     from appliance.demo import seed
 
     config = parse_config('[returns]\nrefund_to = "store_credit"\n')
@@ -39,7 +40,7 @@ def approval(till: Till) -> Approval:
     return Approval(Action.REFUND, "sue", None, till.clock.now() + timedelta(minutes=1))
 
 
-def refund_lines(till: Till, number: int, *lines: int) -> dict[str, object]:
+def refund_lines(till: Till, number: int, *lines: int) -> dict[str, Any]:
     original = till.returns.find_sale(str(number))
     plan = till.returns.plan_receipted(original, [ReturnRequest(Decimal(1), line=n) for n in lines])
     doc, _ = till.refund(plan, approval(till))
@@ -50,7 +51,7 @@ def test_return_to_store_credit_then_spend_it(credit_till: Till) -> None:
     till = credit_till
     done = scripted_sale(till, [BOOK, JUICE], [("cash", None)], cashier="ann")
     doc = refund_lines(till, done.committed.number, 1)
-    [credit] = doc["refunds"]  # type: ignore[misc]
+    [credit] = doc["refunds"]
     account = credit["reference"]
     assert credit["kind"] == "store_credit" and credit["amount"] == 349 and account.startswith("SC-")
     wallet = StoredValue(till.ledger, "EUR")
@@ -74,7 +75,7 @@ def test_return_to_store_credit_then_spend_it(credit_till: Till) -> None:
 def test_balance_is_checked_again_when_the_sale_commits(credit_till: Till) -> None:
     till = credit_till
     done = scripted_sale(till, [JUICE], [("cash", None)], cashier="ann")
-    account = refund_lines(till, done.committed.number, 1)["refunds"][0]["reference"]  # type: ignore[index]
+    account = refund_lines(till, done.committed.number, 1)["refunds"][0]["reference"]
     first, second = till.new_sale("ann"), till.new_sale("ann")
     for sale in (first, second):
         till.scan(sale, JUICE)
@@ -129,7 +130,7 @@ offline_limit_per_till = "15.00"
 
 
 @pytest.fixture
-def offline_till(tmp_path: Path, clock) -> Iterator[Till]:  # type: ignore[no-untyped-def]
+def offline_till(tmp_path: Path, clock: FrozenClock) -> Iterator[Till]:
     """A till whose sync service is not connected: every question to the shop fails at once, as offline."""
     from appliance.demo import seed
     from sync.service import SyncService, settings_from_config
@@ -153,6 +154,10 @@ def _events(till: Till, kind: str = "tillbox.stored_value.moved") -> list[dict[s
     return [json.loads(e.data) for e in till.ledger.outbox(limit=1000) if e.type == kind]
 
 
+def _auths(till: Till) -> dict[str, str]:
+    return {str(i): str(st) for i, st in till.ledger.conn.execute("SELECT id, state FROM account_auths")}
+
+
 def _valid_events(till: Till) -> None:
     from sync.contract import envelope
     from sync.schemas import validate
@@ -174,9 +179,12 @@ def test_offline_a_card_is_redeemed_up_to_the_limit_per_card_and_per_till(offlin
         till.pay_stored_value(first, "GC-ABCD-EFGH")
     first.pay_cash(first.cash_due())
     till.complete(first)
-    [moved] = _events(till)
+    # the refused attempt was written down before the shop was asked, so it is given back (the hub may have seen it)
+    given_back, moved = _events(till)
+    assert (given_back["op"], given_back["delta"], given_back["account"]) == ("reverse", 0, "GC-ABCD-EFGH")
     assert (moved["op"], moved["delta"], moved["mode"], moved["balance"]) == ("redeem", -1_000, "offline", None)
     assert moved["move_id"] == tender.detail["move"] and moved["staff"] == "ann"
+    assert _auths(till) == {tender.detail["move"]: "consumed", given_back["reverses"]: "reversed"}
 
     second = till.new_sale("ann")
     till.scan(second, BOOK)
@@ -215,7 +223,7 @@ def test_offline_a_known_balance_caps_the_redemption_and_sales_are_checked_again
     assert till.ledger.head() == head and b.state == "open"
 
 
-def test_offline_nothing_is_taken_when_the_limits_are_zero(tmp_path: Path, clock) -> None:  # type: ignore[no-untyped-def]
+def test_offline_nothing_is_taken_when_the_limits_are_zero(tmp_path: Path) -> None:
     from appliance.stored_value import Limits, StoredValue
 
     config = parse_config("")
@@ -287,3 +295,84 @@ def test_check_offline_uses_the_last_known_balance(offline_till: Till) -> None:
     assert (seen.balance, seen.source, seen.known_at) == (-250, "till", "2026-03-02T09:30:00.000Z")
     with pytest.raises(InputError, match="not a gift card or store credit number"):
         wallet.check("GC 1")
+
+
+# -- pending authorisations: written before the shop is asked, settled once (docs/accounts.md) ------
+
+
+def test_a_redemption_is_written_down_before_the_shop_is_asked_and_settled_once(offline_till: Till) -> None:
+    import sqlite3
+
+    till = offline_till
+    wallet = till.stored_value
+    sale = till.new_sale("ann")
+    till.scan(sale, BOOK)
+    r = wallet.plan(sale, "gc-abcd-efgh")
+    row = till.ledger.conn.execute("SELECT book, kind, account, amount, currency, sale_id, actor, state "
+                                   "FROM account_auths WHERE id = ?", (r.move_id,)).fetchone()  # fmt: skip
+    assert row == ("stored_value", "gift_card", "GC-ABCD-EFGH", 349, "EUR", sale.id, "ann", "pending")
+    tender = wallet.tender(sale, r, wallet.ask(r))  # the shop cannot be reached: taken offline, same id
+    assert tender.detail == {"move": r.move_id, "mode": "offline"}
+    assert _auths(till) == {r.move_id: "pending"}
+    done = till.complete(sale)
+    assert _auths(till) == {r.move_id: "consumed"}
+    settled = till.ledger.conn.execute("SELECT journal_seq FROM account_auths WHERE id = ?", (r.move_id,)).fetchone()
+    assert settled == (done.committed.journal.seq,)
+    assert [e["op"] for e in _events(till)] == ["redeem"]  # consumed: nothing is given back
+    with pytest.raises(sqlite3.DatabaseError, match="settled once"):
+        till.ledger.conn.execute("UPDATE account_auths SET state = 'reversed' WHERE id = ?", (r.move_id,))
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        till.ledger.conn.execute("DELETE FROM account_auths")
+    # a till without a shop asks no one: nothing to write down
+    wallet.remote = None
+    sale = till.new_sale("ann")
+    till.scan(sale, BOOK)
+    wallet.plan(sale, "GC-ABCD-EFGH")
+    assert len(_auths(till)) == 1
+
+
+def test_what_a_lost_sale_took_is_given_back_at_the_next_start(offline_till: Till) -> None:
+    till = offline_till
+    lost, done, parked = (till.new_sale("ann") for _ in range(3))
+    for sale in (lost, done, parked):
+        till.scan(sale, BOOK)
+    taken = till.pay_stored_value(lost, "GC-LOST-0001")  # the till dies before this sale completes
+    paid = till.pay_stored_value(done, "GC-DONE-0001")
+    till.complete(done)
+    asked = till.stored_value.plan(parked, "GC-PARK-0001")  # asked, then the sale was parked unpaid
+    till.suspend(parked)
+    assert _auths(till)[asked.move_id] == "reversed"  # a parked sale keeps nothing taken at the shop
+    # a parked (resumable) sale's hold is not touched by the restart
+    from appliance.stored_value import Hold
+
+    parked_hold = Hold("0195a3e2-6a00-7abc-8def-00000000aaaa", "stored_value", "gift_card", "GC-PARK-0002", 100,
+                       "EUR", parked.id, "ann")  # fmt: skip
+    till.stored_value.holds.open(parked_hold, time="2026-03-02T09:31:00.000Z")
+
+    restarted = Till(till.config, till.ledger, clock=till.clock, fast_hash=True)  # the open sale is gone
+    [rid] = restarted.recover_accounts()
+    back = _events(till)[-1]
+    assert (back["move_id"], back["op"], back["reverses"], back["account"], back["reason"], back["ref"]) == (
+        rid, "reverse", taken.detail["move"], "GC-LOST-0001", "lost", lost.id)  # fmt: skip
+    entry = till.ledger.entry(till.ledger.head()[0])
+    assert entry is not None and entry.type == "stored_value.reversed" and entry.actor == "ann"
+    assert json.loads(entry.payload)["holds"] == [{"move": taken.detail["move"], "account": "GC-LOST-0001",
+                                                   "amount": 349}]  # fmt: skip
+    assert _auths(till) == {taken.detail["move"]: "reversed", paid.detail["move"]: "consumed",
+                            asked.move_id: "reversed", parked_hold.move_id: "pending"}  # fmt: skip
+    assert restarted.recover_accounts() == []  # once
+    assert till.stored_value.room("GC-LOST-0001")[0] == 1_000  # never booked, so nothing is outstanding
+    assert verify(till.ledger).ok
+    _valid_events(till)
+
+
+def test_a_redemption_the_shop_refused_is_not_given_back(offline_till: Till) -> None:
+    till = offline_till
+    wallet = till.stored_value
+    sale = till.new_sale("ann")
+    till.scan(sale, BOOK)
+    r = wallet.plan(sale, "GC-ABCD-EFGH")
+    wallet.holds.refused(r.move_id)  # as ask() notes an answer "declined" or "not found": the shop took nothing
+    till.cancel(sale, actor="ann", reason="customer left")
+    assert _auths(till) == {r.move_id: "refused"}
+    assert _events(till) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def keypair(tmp_path: Path, name: str) -> tuple[bytes, Path]:
 
 def app(tmp_path: Path, version: str) -> Path:
     src = tmp_path / f"src-{version}"
-    (src / "bin").mkdir(parents=True)
+    (src / "bin").mkdir(parents=True, exist_ok=True)
     (src / "bin" / "tillbox").write_text(f"#!/bin/sh\necho {version}\n")
     (src / "bin" / "tillbox").chmod(0o755)
     (src / "VERSION").write_text(version)
@@ -187,3 +188,169 @@ def test_cli_build_install_gate_and_rollback(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- crash safety, pruning and the read-only root -------------------------------------------------
+
+
+def tamper(good: Path, out: Path, name: str, data: bytes) -> Path:
+    """A copy of ``good`` with one payload file's bytes replaced (the signed manifest unchanged)."""
+    with tarfile.open(good) as src, tarfile.open(out, "w") as dst:
+        for member in src.getmembers():
+            body = src.extractfile(member).read() if member.isfile() else b""  # type: ignore[union-attr]
+            if member.name == name:
+                body = data
+                member.size = len(body)
+            dst.addfile(member, io.BytesIO(body))
+    return out
+
+
+def test_tampered_payload_is_refused_while_unpacking_and_leaves_nothing(tmp_path: Path, signer) -> None:  # type: ignore[no-untyped-def]
+    pem, keys = signer
+    root = tmp_path / "opt"
+    inst = Installer(root)
+    inst.install(bundle(tmp_path, pem, "1.0.0"), keys, busy=idle)
+    assert inst.gate(lambda: True)
+    bad = tamper(bundle(tmp_path, pem, "2.0.0"), tmp_path / "bad.tar", "payload/bin/tillbox", b"#!/bin/sh\nevil\n")
+    with pytest.raises(UpdateError, match="bin/tillbox does not match its manifest hash"):
+        inst.install(bad, keys, busy=idle)
+    assert (inst.current, inst.pending) == ("1.0.0", None)
+    assert sorted(p.name for p in (root / "versions").iterdir()) == ["1.0.0"], "no staging or half version is left"
+
+
+def test_only_the_running_version_and_its_fallback_are_kept(tmp_path: Path, signer) -> None:  # type: ignore[no-untyped-def]
+    pem, keys = signer
+    root = tmp_path / "opt"
+    inst = Installer(root)
+    for version in ("1.0.0", "1.1.0", "1.2.0"):
+        inst.install(bundle(tmp_path, pem, version), keys, busy=idle)
+        assert inst.gate(lambda: True)
+        (root / "versions" / f".{version}-x.partial").mkdir()  # as an install cut off by a power cut leaves
+    inst.install(bundle(tmp_path, pem, "1.3.0"), keys, busy=idle)
+    assert sorted(p.name for p in (root / "versions").iterdir()) == ["1.2.0", "1.3.0"]
+    assert (inst.current, inst.previous) == ("1.3.0", "1.2.0")
+
+
+def test_a_pending_version_must_pass_its_gate_before_the_next_update(tmp_path: Path, signer) -> None:  # type: ignore[no-untyped-def]
+    pem, keys = signer
+    inst = Installer(tmp_path / "opt")
+    inst.install(bundle(tmp_path, pem, "1.0.0"), keys, busy=idle)
+    with pytest.raises(UpdateError, match=r"1\.0\.0 has not passed its health gate"):
+        inst.install(bundle(tmp_path, pem, "1.1.0"), keys, busy=idle)
+    with pytest.raises(UpdateError, match="already running"):
+        inst.install(bundle(tmp_path, pem, "1.0.0"), keys, busy=idle)
+
+
+def test_gate_ignores_an_install_that_never_switched(tmp_path: Path, signer) -> None:  # type: ignore[no-untyped-def]
+    pem, keys = signer
+    root = tmp_path / "opt"
+    inst = Installer(root)
+    inst.install(bundle(tmp_path, pem, "1.0.0"), keys, busy=idle)
+    inst.gate(lambda: True)
+    # A power cut after the pending state was written but before `current` was switched.
+    (root / "state.json").write_text('{"pending": "2.0.0", "failed": []}')
+
+    def never() -> bool:
+        raise AssertionError("the running version was never updated; there is nothing to judge")
+
+    assert inst.gate(never)
+    assert (inst.current, inst.pending, inst.failed) == ("1.0.0", None, [])
+
+
+def test_unpacked_files_keep_the_build_times(tmp_path: Path, signer) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    pem, keys = signer
+    src = app(tmp_path, "1.0.0")
+    os.utime(src / "VERSION", (1_700_000_000, 1_700_000_000))  # a .py beside its .pyc keeps its mtime
+    build_bundle(src, "1.0.0", pem, tmp_path / "b.tar")
+    inst = Installer(tmp_path / "opt")
+    inst.install(tmp_path / "b.tar", keys, busy=idle)
+    assert (tmp_path / "opt" / "current" / "VERSION").stat().st_mtime == 1_700_000_000
+
+
+def test_bad_versions_are_refused_when_building(tmp_path: Path, signer) -> None:  # type: ignore[no-untyped-def]
+    pem, _keys = signer
+    src = app(tmp_path, "1")
+    for version in ("", "../x", ".hidden", "1 0", "ü"):
+        with pytest.raises(UpdateError, match="bad version"):
+            build_bundle(src, version, pem, tmp_path / "b.tar")
+
+
+def test_mount_point_is_the_longest_mount_above_the_path(tmp_path: Path) -> None:
+    from appliance.update import mount_point
+
+    (tmp_path / "opt tillbox" / "versions").mkdir(parents=True)
+    base = str(tmp_path.resolve())
+    info = (
+        "22 1 8:2 / / ro,noatime shared:1 - ext4 /dev/vda2 ro\n"
+        f"30 22 0:5 / {base} rw shared:2 - tmpfs tmpfs rw\n"
+        f"31 30 0:6 / {base}/opt\\040tillbox rw shared:3 - tmpfs tmpfs rw\n"
+        f"32 30 0:7 / {base}/opt rw shared:4 - tmpfs tmpfs rw\n"
+    )
+    assert mount_point(tmp_path / "opt tillbox" / "versions", info) == f"{base}/opt tillbox"
+    assert mount_point(tmp_path / "opt tillbox" / "not-yet", info) == f"{base}/opt tillbox"
+    assert mount_point(tmp_path, info) == base
+    assert mount_point(tmp_path / "elsewhere", info.replace(base, "/nowhere")) == "/"
+
+
+_RO_SCRIPT = """
+import json, os, subprocess, sys
+from pathlib import Path
+from appliance.update import Installer, UpdateError, load_public_keys, read_only, writable
+
+mnt, b1, b2, bad, pub = map(Path, sys.argv[1:6])
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tillbox-test", str(mnt)], check=True)
+keys = load_public_keys([pub])
+inst = Installer(mnt / "opt")
+inst.install(b1, keys, busy=lambda: None)
+inst.gate(lambda: True)
+subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+out = {"ro_before": read_only(mnt)}
+try:
+    with writable(mnt, euid=lambda: 1000):
+        pass
+except UpdateError as exc:
+    out["not_root"] = str(exc)
+inst.install(b2, keys, busy=lambda: None)
+out["after_install"] = [read_only(mnt), inst.current, inst.pending]
+out["gate"] = [inst.gate(lambda: False), inst.current, inst.failed, read_only(mnt)]
+try:
+    inst.install(bad, keys, busy=lambda: None)
+except UpdateError as exc:
+    out["bad"] = [str(exc), read_only(mnt), sorted(p.name for p in (mnt / "opt" / "versions").iterdir())]
+print(json.dumps(out))
+"""
+
+
+def test_a_read_only_root_is_writable_only_while_an_update_is_written(tmp_path: Path, signer) -> None:  # type: ignore[no-untyped-def]
+    """Real mounts, in a private mount namespace: a read-only tmpfs stands in for the appliance's root."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a private mount namespace")
+    pem, _keys = signer
+    pub = tmp_path / "release.pub"
+    b1, b2 = bundle(tmp_path, pem, "1.0.0"), bundle(tmp_path, pem, "2.0.0")
+    bad = tamper(bundle(tmp_path, pem, "3.0.0"), tmp_path / "bad.tar", "payload/VERSION", b"evil")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    project = Path(__file__).resolve().parent.parent
+    run = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", _RO_SCRIPT,
+         str(mnt), str(b1), str(b2), str(bad), str(pub)],
+        capture_output=True, text=True, timeout=60, check=False, cwd=project,
+        env={**os.environ, "PYTHONPATH": str(project)},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout)
+    assert out["ro_before"] is True
+    assert "read-only root filesystem: run this as root" in out["not_root"]
+    assert out["after_install"] == [True, "2.0.0", "2.0.0"], "installed, pending, and read-only again"
+    assert out["gate"] == [False, "1.0.0", ["2.0.0"], True], "rolled back, and read-only again"
+    message, still_ro, versions = out["bad"]
+    assert "does not match its manifest hash" in message and still_ro is True, "read-only again after an error"
+    assert versions == ["1.0.0"]

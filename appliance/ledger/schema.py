@@ -364,6 +364,8 @@ def _v6_accounts(conn: sqlite3.Connection) -> None:
     ``account_moves`` (append-only) holds every movement this till made, with the id the hub
     applies it under once; ``stored_value`` and ``loyalty_points`` become the last balances this
     till knows (its own movements and the shop's answers), so a balance may be negative.
+    ``account_auths`` holds each redemption written down before the hub is asked (``pending``),
+    settled once: ``consumed`` by its sale, ``reversed``, or ``refused`` by the hub.
     """
     db = sqlite_utils.Database(conn)
     db.table("account_moves").create(
@@ -396,6 +398,41 @@ def _v6_accounts(conn: sqlite3.Connection) -> None:
     )
     db.table("stored_value").add_column("known_at", str)
     conn.execute("DROP TRIGGER stored_value_not_negative")
+    db.table("account_auths").create(
+        {
+            "id": str,
+            "book": str,
+            "kind": str,
+            "account": str,
+            "amount": int,
+            "currency": str,
+            "sale_id": str,
+            "actor": str,
+            "created_at": str,
+            "state": str,
+            "settled_at": str,
+            "journal_seq": int,
+        },
+        pk="id",
+        not_null={"book", "account", "amount", "sale_id", "created_at", "state"},
+        foreign_keys=[("journal_seq", "journal", "seq")],
+    )
+    db.table("account_auths").create_index(["state", "sale_id"])
+    conn.execute(
+        "CREATE TRIGGER account_auths_new_pending BEFORE INSERT ON account_auths WHEN NEW.state != 'pending' "
+        "BEGIN SELECT RAISE(ABORT, 'account_auths: an authorisation starts pending'); END"
+    )
+    conn.execute(
+        "CREATE TRIGGER account_auths_settled_once BEFORE UPDATE ON account_auths "
+        "WHEN OLD.state != 'pending' OR NEW.state NOT IN ('consumed', 'reversed', 'refused') "
+        "OR NEW.id IS NOT OLD.id OR NEW.book IS NOT OLD.book OR NEW.account IS NOT OLD.account "
+        "OR NEW.amount IS NOT OLD.amount OR NEW.sale_id IS NOT OLD.sale_id "
+        "BEGIN SELECT RAISE(ABORT, 'account_auths: a pending authorisation is settled once'); END"
+    )
+    conn.execute(
+        "CREATE TRIGGER account_auths_no_delete BEFORE DELETE ON account_auths "
+        "BEGIN SELECT RAISE(ABORT, 'account_auths is append-only'); END"
+    )
 
 
 def _v7_customers(conn: sqlite3.Connection) -> None:
