@@ -31,12 +31,16 @@ export async function loadUi() {
 }
 
 // Device screens pair with the daemon through the kiosk key in the URL fragment (#key=...).
-export async function pairDevice(kind) {
-  const params = new URLSearchParams(location.hash.slice(1));
-  const key = params.get("key") || sessionStorage.getItem(`tillbox-key`);
-  if (!key) throw new ApiError(401, { error: { code: "unpaired", message: "no kiosk key: open this screen with #key=..." } });
-  sessionStorage.setItem("tillbox-key", key);
+// The key leaves the address bar as soon as this module runs, before anything waits.
+const urlKey = new URLSearchParams(location.hash.slice(1)).get("key");
+if (urlKey) {
+  sessionStorage.setItem("tillbox-key", urlKey);
   history.replaceState(null, "", location.pathname);
+}
+
+export async function pairDevice(kind) {
+  const key = sessionStorage.getItem("tillbox-key");
+  if (!key) throw new ApiError(401, { error: { code: "unpaired", message: "no kiosk key: open this screen with #key=..." } });
   const s = await api("/session/device", { method: "POST", body: { key, kind }, token: null });
   state.token = s.token;
   return s;
