@@ -157,3 +157,26 @@ def test_the_pickup_queue_picks_hands_over_takes_payment_and_ships(page: Any, tm
         assert ("order.shipped", "ann") in journal and ("order.slip_printed", "ann") in journal
         printed = daemon.devices.sim["printer"].text()
         assert "PACKING SLIP" in printed and "Ref TB-till-1-000001" in printed
+
+
+def test_the_staff_session_goes_along_between_the_till_and_the_queue(page: Any, tmp_path: Path) -> None:
+    daemon = Daemon(parse_config(DEMO_DEVICES, environ={}), tmp_path / "data", fast_hash=True,
+                    prepare=demo_prepare(shift=True), health_interval=0.5)  # fmt: skip
+    with DaemonThread(daemon) as running:
+        page.goto(running.url + "/cashier")
+        page.fill("#staff-id", "ann")
+        page.fill("#pin", "1234")
+        page.click("#login-form button[type=submit]")
+        page.wait_for_selector("#till:not(.hidden)")
+        page.click("#orders-link")
+        page.wait_for_url("**/orders")
+        page.wait_for_selector("#queue:not(.hidden)")  # no second login
+        expect(page.locator("#who")).to_contain_text("Ann")
+        assert page.evaluate("sessionStorage.getItem('tillbox-handover')") is None  # taken out once used
+        page.click("#back-link")
+        page.wait_for_url("**/cashier")
+        page.wait_for_selector("#till:not(.hidden)")
+        expect(page.locator("#who")).to_contain_text("Ann")
+        # a plain visit (no hand-over) still asks for a login
+        page.goto(running.url + "/orders")
+        page.wait_for_selector("#login:not(.hidden)")

@@ -1,5 +1,5 @@
 // The cashier screen: keyboard shortcuts and touch, live cart over the WebSocket.
-import { $, ApiError, announce, api, h, live, loadUi, modal, state, toMinor } from "/static/common.js";
+import { $, ApiError, announce, api, h, handOver, live, loadUi, modal, state, takeHandOver, toMinor } from "/static/common.js";
 
 let cart = null;
 let selected = null;
@@ -442,5 +442,8 @@ document.addEventListener("keydown", (ev) => {
   const ui = await loadUi();
   exponent = ui.exponent;
   $("#store").textContent = `${ui.store} · ${ui.device}`;
-  show("login");
+  handOver($("#orders-link"));
+  const session = await takeHandOver();
+  if (session && session.kind === "staff") await loggedIn(session);
+  else show("login");
 })();

@@ -38,6 +38,19 @@ if (urlKey) {
   history.replaceState(null, "", location.pathname);
 }
 
+// Moving between the till's own pages (cashier <-> pickup queue) keeps the staff session: the link
+// hands the token over once through this tab's sessionStorage, and the next page takes it out again.
+export function handOver(link) {
+  link.addEventListener("click", () => { if (state.token) sessionStorage.setItem("tillbox-handover", state.token); });
+}
+
+export async function takeHandOver() {
+  const token = sessionStorage.getItem("tillbox-handover");
+  sessionStorage.removeItem("tillbox-handover");
+  if (!token) return null;
+  try { return { ...(await api("/session", { token })), token }; } catch (e) { return null; }
+}
+
 export async function pairDevice(kind) {
   const key = sessionStorage.getItem("tillbox-key");
   if (!key) throw new ApiError(401, { error: { code: "unpaired", message: "no kiosk key: open this screen with #key=..." } });

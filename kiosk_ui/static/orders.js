@@ -1,6 +1,6 @@
 // The pickup queue: online orders to pick, hand over (pickup code or ID check) or pack and ship.
 // Searchable by order number, name or a scanned QR code; live over the WebSocket.
-import { $, ApiError, addStrings, announce, api, applyI18n, h, live, loadUi, modal, state, t, toMinor } from "/static/common.js";
+import { $, ApiError, addStrings, announce, api, applyI18n, h, handOver, live, loadUi, modal, state, t, takeHandOver, toMinor } from "/static/common.js";
 
 addStrings("en", {
   title: "Pickup queue", back: "Back to the till", logout: "Log out", login_title: "Staff login", staff_id: "Staff ID",
@@ -310,5 +310,8 @@ function cancelOrder(o) {
     state.lang = ui.default_language || "en";
     applyI18n();
   } catch (e) { announce($("#login-notice"), e.message, "error"); }
-  show("login");
+  handOver($("#back-link"));
+  const session = await takeHandOver();
+  if (session && session.kind === "staff") await enter(session);
+  else show("login");
 })();
