@@ -563,7 +563,8 @@ def cmd_update_gate(args: argparse.Namespace) -> int:
     if inst.gate(healthy):
         print(f"version {inst.current} is good" if pending else "nothing pending")
         return 0
-    print(f"tillbox: error: version {pending} failed its health gate; rolled back to {inst.current}", file=sys.stderr)
+    back = f"rolled back to {inst.current}" if inst.current != pending else "there is no previous version to go back to"
+    print(f"tillbox: error: version {pending} failed its health gate; {back}", file=sys.stderr)
     return 1
 
 

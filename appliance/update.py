@@ -103,7 +103,8 @@ def build_bundle(src: Path, version: str, private_key_pem: bytes, out: Path) -> 
         files[path.relative_to(src).as_posix()] = _sha256(path.read_bytes())
     manifest = Manifest(version, files)
     body = manifest.to_bytes()
-    with tarfile.open(out, "w") as tar:
+    # GNU format: one header per file (PAX adds a second for each float mtime), half the parsing on a Pi.
+    with tarfile.open(out, "w", format=tarfile.GNU_FORMAT) as tar:
         for name, data in ((MANIFEST, body), (SIGNATURE, base64.b64encode(key.sign(body)))):
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -246,7 +247,7 @@ def _mount(args: list[str]) -> str | None:
 def check_can_write(path: Path, *, euid: Callable[[], int] = os.geteuid) -> None:
     """Refuse early, with the reason, when ``path`` is read-only and this process cannot remount it."""
     if read_only(path) and euid() != 0:
-        raise UpdateError(f"{path} is on the read-only root filesystem: run this as root (it is remounted "
+        raise UpdateError(f"{path} is on a read-only filesystem: run this as root (it is remounted "
                           "read-write only while the update is written)")  # fmt: skip
 
 
@@ -257,8 +258,8 @@ def writable(path: Path, *, euid: Callable[[], int] = os.geteuid, retries: int =
     A no-op when it is writable already (a developer machine, or a root that someone remounted
     by hand, which is left as found). Read-only again also when the block raises. If the
     read-only remount keeps failing (a file open for writing), the root stays writable until
-    the next boot, which mounts it read-only; that is logged, not raised, as the update itself
-    is complete.
+    the next boot mounts it read-only; that is logged, not raised: what the block wrote is on
+    the card (or the block's own error is on its way).
     """
     if not read_only(path):
         yield
@@ -406,19 +407,22 @@ class Installer:
         staging = versions / f".{manifest.version}.partial"
         if staging.exists():
             shutil.rmtree(staging)
-        staging.mkdir(mode=0o755)
+        staging.mkdir()
+        os.chmod(staging, 0o755)  # noqa: S103 - code the daemon's user runs
         members = {m.name: m for m in tar.getmembers()}  # tar.getmember() scans the whole list each time
+        made = {staging}
         try:
             for rel, digest in manifest.files.items():
                 member = members[f"{PAYLOAD}/{rel}"]
                 handle = tar.extractfile(member)
                 assert handle is not None
                 out = staging / rel
-                out.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                _makedirs(out.parent, made)
                 with out.open("wb") as fh:
                     if _copy_hashed(handle, fh) != digest:
                         raise UpdateError(f"{name}: {rel} does not match its manifest hash")
-                os.chmod(out, member.mode & 0o755)
+                # Readable by the daemon's user whatever the umask or the modes the release was packed with.
+                os.chmod(out, 0o755 if member.mode & 0o111 else 0o644)
                 # Keep the build's times: Python checks its .pyc files against their sources' mtime,
                 # and on a read-only root it could not rewrite them.
                 os.utime(out, (member.mtime, member.mtime))
@@ -453,6 +457,16 @@ class Installer:
                     self._point("current", previous)
             self._save(state)
         return good
+
+
+def _makedirs(path: Path, made: set[Path]) -> None:
+    """``mkdir -p`` with mode 0755 on every directory it makes, whatever the umask."""
+    if path in made:
+        return
+    _makedirs(path.parent, made)
+    path.mkdir(exist_ok=True)
+    os.chmod(path, 0o755)  # noqa: S103 - code the daemon's user runs
+    made.add(path)
 
 
 def trading(data_dir: Path) -> str | None:

@@ -228,8 +228,10 @@ _MOVE_MODE = {"enum": ["online", "offline", "local"],
 _ACCT_REF = {"type": "string", "maxLength": 64, "description": "What the movement belongs to (sale, return, order)."}
 _ACCT_STAFF = {"type": ["string", "null"], "maxLength": 128}
 _SV_OP = {"enum": ["issue", "top_up", "redeem", "refund", "reverse"]}
-_LOYALTY_OP = {"enum": ["earn", "redeem", "refund", "clawback", "reverse"],
-               "description": "clawback: points a returned sale had earned, taken back (may overdraw)."}
+_LOYALTY_OP = {
+    "enum": ["earn", "redeem", "refund", "clawback", "reverse"],
+    "description": "clawback: points a returned sale had earned, taken back (may overdraw).",
+}
 _REVERSES = {**_UUID_ANY, "description": "op reverse: the movement to undo, once (one that never came never applies)."}
 _SV_MOVED = _obj(
     {"move_id": _UUID_ANY, "op": _SV_OP, "account": _ACCOUNT, "kind": _SV_KIND, "delta": _DELTA,

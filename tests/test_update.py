@@ -348,9 +348,38 @@ def test_a_read_only_root_is_writable_only_while_an_update_is_written(tmp_path: 
     assert run.returncode == 0, run.stderr[-2000:]
     out = json.loads(run.stdout)
     assert out["ro_before"] is True
-    assert "read-only root filesystem: run this as root" in out["not_root"]
+    assert "is on a read-only filesystem: run this as root" in out["not_root"]
     assert out["after_install"] == [True, "2.0.0", "2.0.0"], "installed, pending, and read-only again"
     assert out["gate"] == [False, "1.0.0", ["2.0.0"], True], "rolled back, and read-only again"
     message, still_ro, versions = out["bad"]
     assert "does not match its manifest hash" in message and still_ro is True, "read-only again after an error"
     assert versions == ["1.0.0"]
+
+
+def test_installed_files_are_readable_by_the_daemon_whatever_the_umask(tmp_path: Path, signer) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import stat
+
+    pem, keys = signer
+    src = app(tmp_path, "1.0.0")
+    (src / "lib" / "pkg").mkdir(parents=True)
+    (src / "lib" / "pkg" / "mod.py").write_text("x = 1\n")
+    (src / "lib" / "pkg" / "mod.py").chmod(0o600)  # packed by a release engineer with umask 077
+    build_bundle(src, "1.0.0", pem, tmp_path / "b.tar")
+    old = os.umask(0o077)
+    try:
+        Installer(tmp_path / "opt").install(tmp_path / "b.tar", keys, busy=idle)
+    finally:
+        os.umask(old)
+    version = tmp_path / "opt" / "versions" / "1.0.0"
+    modes = {p.relative_to(version).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [version, *version.rglob("*")]}
+    assert modes == {".": 0o755, "bin": 0o755, "bin/tillbox": 0o755, "VERSION": 0o644, "lib": 0o755,
+                     "lib/pkg": 0o755, "lib/pkg/mod.py": 0o644}  # fmt: skip
+
+
+def test_a_first_version_that_fails_its_gate_stays_for_want_of_another(tmp_path: Path, signer) -> None:  # type: ignore[no-untyped-def]
+    pem, keys = signer
+    inst = Installer(tmp_path / "opt")
+    inst.install(bundle(tmp_path, pem, "1.0.0"), keys, busy=idle)
+    assert not inst.gate(lambda: False)
+    assert (inst.current, inst.pending, inst.failed) == ("1.0.0", None, ["1.0.0"])
