@@ -108,6 +108,7 @@ def test_an_online_order_is_picked_up_at_till_a_with_its_stock_reserved_and_visi
     _place(store, "web-1", pickup_code="4711")
     # Till B sees the reservation twice over: the order itself, and the shop's stock level.
     assert wait_until(lambda: _seen(b, "web-1", "placed") and b.reserved("1001").shop == 2)
+    assert wait_until(lambda: _seen(a, "web-1", "placed"))
     seen = b.reserved("1001")
     assert [str(x) for x in (seen.here, seen.shop, seen.shop_level, seen.free)] == ["2", "2", "10", "8"]
     availability_b = availability(store.tills[1].ledger, "1001")
