@@ -37,12 +37,21 @@ from appliance.stored_value import (
     Holds,
     Limits,
     Remote,
+    RoomTexts,
     ask,
-    outstanding,
+    offline_room,
     record,
     sale_tender,
 )
 from appliance.tenders import Tender, TenderKind
+
+_POINTS_ROOM = RoomTexts(
+    none="the shop cannot be reached and this till redeems no points offline",
+    account="the shop cannot be reached: at most {left} more points can be redeemed for this customer offline "
+            "(limit {limit})",
+    till="the shop cannot be reached: this till can redeem at most {left} more points offline (limit {limit})",
+    known="the customer had {left} points when last seen and the shop cannot be reached to check",
+)  # fmt: skip
 
 if TYPE_CHECKING:
     from appliance.config import Config
@@ -330,24 +339,8 @@ class Loyalty:
     def room(self, customer: str, *, pending: int = 0, pending_customer: int = 0, known: int | None = None
              ) -> tuple[int, str]:  # fmt: skip
         """Points that may still be redeemed offline for ``customer`` here, and the one-line reason of the limit."""
-        lim = self.limits
-        if lim.per_account <= 0 or lim.per_till <= 0:
-            return 0, "the shop cannot be reached and this till redeems no points offline"
-        conn = self.ledger.conn
-        mine = lim.per_account - outstanding(conn, BOOK, customer) - pending_customer
-        till = lim.per_till - outstanding(conn, BOOK) - pending
-        options = [
-            (mine, f"the shop cannot be reached: at most {max(mine, 0)} more points can be redeemed for this "
-                   f"customer offline (limit {lim.per_account})"),
-            (till, f"the shop cannot be reached: this till can redeem at most {max(till, 0)} more points offline "
-                   f"(limit {lim.per_till})"),
-        ]  # fmt: skip
-        if known is not None:
-            left = known - pending_customer
-            options.append((left, f"the customer had {max(left, 0)} points when last seen and the shop cannot be "
-                                  "reached to check"))  # fmt: skip
-        value, why = min(options, key=lambda o: o[0])
-        return max(value, 0), why
+        return offline_room(self.ledger.conn, self.limits, BOOK, customer, _POINTS_ROOM, say=str, pending=pending,
+                            pending_account=pending_customer, known=known)  # fmt: skip
 
     def _release(self, r: PointsRedemption, *, applied: bool) -> None:
         """Give back points the sale does not take: its pending hold, or a redemption the hub ``applied``."""

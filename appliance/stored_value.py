@@ -271,6 +271,47 @@ class Holds:
         return ids
 
 
+@dataclass(frozen=True)
+class RoomTexts:
+    """The reasons :func:`offline_room` gives; ``{left}``, ``{limit}`` and ``{account}`` are filled in."""
+
+    none: str
+    account: str
+    till: str
+    known: str
+
+
+_MONEY_ROOM = RoomTexts(
+    none="the shop cannot be reached and this till takes no gift cards or store credit offline",
+    account="the shop cannot be reached: at most {left} more can be taken from {account} offline (limit {limit} per "
+            "card)",
+    till="the shop cannot be reached: this till can take at most {left} more from gift cards and store credit "
+         "offline (limit {limit})",
+    known="{account} had {left} left when last seen and the shop cannot be reached to check",
+)  # fmt: skip
+
+
+def offline_room(conn: sqlite3.Connection, limits: Limits, book: str, account: str, texts: RoomTexts, *,
+                 say: Callable[[int], str], pending: int, pending_account: int, known: int | None
+                 ) -> tuple[int, str]:  # fmt: skip
+    """What may still be redeemed offline from ``account``, and why no more: the tightest of the
+    per-account and per-till limits (less what the shop has not yet acknowledged and what the open
+    sale already takes) and the last balance the till knows."""
+    if limits.per_account <= 0 or limits.per_till <= 0:
+        return 0, texts.none
+    mine = limits.per_account - outstanding(conn, book, account) - pending_account
+    till = limits.per_till - outstanding(conn, book) - pending
+    options = [
+        (mine, texts.account.format(left=say(max(mine, 0)), limit=say(limits.per_account), account=account)),
+        (till, texts.till.format(left=say(max(till, 0)), limit=say(limits.per_till), account=account)),
+    ]
+    if known is not None:
+        left = known - pending_account
+        options.append((left, texts.known.format(left=say(max(left, 0)), limit="", account=account)))
+    value, why = min(options, key=lambda o: o[0])
+    return max(value, 0), why
+
+
 def outstanding(conn: sqlite3.Connection, book: str, account: str | None = None) -> int:
     """What this till took offline that the shop has not yet acknowledged (a positive amount)."""
     sql = ("SELECT COALESCE(SUM(-m.delta), 0) FROM account_moves m JOIN outbox o ON o.seq = m.event_seq "
@@ -609,24 +650,8 @@ class StoredValue:
     def room(self, account: str, *, pending: int = 0, pending_account: int = 0, known: int | None = None
              ) -> tuple[int, str]:  # fmt: skip
         """What may still be taken offline from ``account`` here, and the one-line reason of that limit."""
-        lim = self.limits
-        if lim.per_account <= 0 or lim.per_till <= 0:
-            return 0, "the shop cannot be reached and this till takes no gift cards or store credit offline"
-        conn = self.ledger.conn
-        card = lim.per_account - outstanding(conn, BOOK, account) - pending_account
-        till = lim.per_till - outstanding(conn, BOOK) - pending
-        options = [
-            (card, f"the shop cannot be reached: at most {self._plain(max(card, 0))} more can be taken from "
-                   f"{account} offline (limit {self._plain(lim.per_account)} per card)"),
-            (till, f"the shop cannot be reached: this till can take at most {self._plain(max(till, 0))} more "
-                   f"from gift cards and store credit offline (limit {self._plain(lim.per_till)})"),
-        ]  # fmt: skip
-        if known is not None:
-            left = known - pending_account
-            options.append((left, f"{account} had {self._plain(max(left, 0))} left when last seen and the shop "
-                                  "cannot be reached to check"))  # fmt: skip
-        value, why = min(options, key=lambda o: o[0])
-        return max(value, 0), why
+        return offline_room(self.ledger.conn, self.limits, BOOK, account, _MONEY_ROOM, say=self._plain,
+                            pending=pending, pending_account=pending_account, known=known)  # fmt: skip
 
     def precheck(self, tx: Tx, doc: Mapping[str, Any]) -> None:
         """Before a sale commits: its offline tenders still fit the limits (other sales may have used them)."""
