@@ -616,6 +616,21 @@ class Hub(LinkWorker):
             return fn()
         return self.call(fn).result(timeout)
 
+    def write(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the hub thread in one database transaction (from any thread); its result."""
+
+        def run() -> T:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn()
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            return result
+
+        return self._sync(run)
+
     def publish_catalog(self, store: str, items: Iterable[Mapping[str, Any]], *, currency: str) -> int:
         """Publish a full catalog snapshot (retained); returns its version."""
         rows = [dict(i) for i in items]

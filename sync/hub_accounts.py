@@ -330,19 +330,7 @@ class Accounts:
     # -- the online channel (any thread; each call is one transaction on the hub thread) ---------
 
     def _online(self, fn: Callable[[], T]) -> T:
-        hub = self.hub
-
-        def run() -> T:
-            hub.db.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn()
-                hub.db.execute("COMMIT")
-            except BaseException:
-                hub.db.execute("ROLLBACK")
-                raise
-            return result
-
-        return hub._sync(run)
+        return self.hub.write(fn)
 
     def _sv(self, op: str, account: str, currency: str, amount: int | None, *, kind: str | None = None,
             move_id: str | None, **kw: Any) -> dict[str, Any]:  # fmt: skip

@@ -283,18 +283,7 @@ class HubCustomers:
 
     def _write(self, fn: Any) -> Any:
         """Run ``fn`` on the hub thread in one transaction."""
-
-        def run() -> Any:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn()
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            return result
-
-        return self.hub._sync(run)
+        return self.hub.write(fn)
 
     def create(self, name: str, *, email: str | None = None, phone: str | None = None, card: str | None = None,
                badge: str | None = None, consent: bool = False,
