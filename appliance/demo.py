@@ -61,6 +61,38 @@ def seed(till: Till, data_dir: Path) -> None:
     till.reload_promotions()
 
 
+def seed_orders(till: Till) -> int:
+    """Two online orders for the demo's pickup queue (as if the shop had sent them); how many were added.
+
+    ``web-1001`` is paid, its pickup code is 4711 (QR ``TBO:web-1001:4711``); ``web-1002`` is
+    paid at pickup. A demo whose ledger already holds orders is left alone.
+    """
+    import json
+    from datetime import timedelta
+
+    from appliance.clock import iso_utc
+    from appliance.orders import code_hash
+    from sync.inbound import Inbound, InboundPolicy
+
+    if till.ledger.conn.execute("SELECT count(*) FROM pickup_orders").fetchone()[0]:
+        return 0
+    placed = iso_utc(till.clock.now() - timedelta(hours=2))
+    water = {"sku": "1001", "qty": "2", "name": "Sparkling Water 1.5l", "total": 158, "tax": 10,
+             "tax_class": "reduced"}  # fmt: skip
+    juice = {"sku": "1002", "qty": "1", "name": "Orange Juice 1l", "total": 199, "tax": 13, "tax_class": "reduced"}
+    orders = [
+        {"id": "web-1001", "version": 1, "status": "placed", "time": placed, "customer": "Erika Mustermann",
+         "currency": till.currency.code, "paid_at": placed, "lines": [water, juice],
+         "pickup_code_sha256": code_hash("web-1001", "4711")},
+        {"id": "web-1002", "version": 1, "status": "placed", "time": placed, "customer": "Max Power",
+         "currency": till.currency.code, "payment": "at_pickup", "lines": [juice]},
+    ]  # fmt: skip
+    policy = InboundPolicy(currency=till.currency, tax_classes=tuple(till.config.tax.classes))
+    inbound = Inbound(till.ledger, policy, clock=till.clock)
+    return sum(inbound.handle(f"tillbox/v1/{till.ledger.store_id}/orders/{o['id']}", json.dumps(o).encode())
+               for o in orders)  # fmt: skip
+
+
 #: Devices of the demo (all simulated): a till with every peripheral, so every screen has something to show.
 DEMO_DEVICES = """\
 [devices]
@@ -249,6 +281,7 @@ def demo_hint(url: str, key: str, data_dir: Path) -> str:
         f"  self-checkout     {url}/self-checkout#key={key}\n"
         f"  customer display  {url}/customer-display#key={key}\n"
         f"  technician        {url}/technician\n"
+        f"  pickup queue      {url}/orders   (demo orders web-1001, code 4711, and web-1002, to pay)\n"
         f"feed the simulated scanner: tillbox scan 4006381333931{where}\n"
         f"  a badge: tillbox scan --badge SUPER-0001{where}   the scale: tillbox scan --weight 0.5{where}\n"
         "stop with Ctrl+C"
@@ -275,6 +308,7 @@ def run_kiosk_demo(args: argparse.Namespace) -> int:
         seed(till, data_dir)
         seed_staff(till)
         open_demo_shift(till)
+        seed_orders(till)
 
     def ready(daemon: Daemon, port: int) -> None:
         host = config.ui.listen_host

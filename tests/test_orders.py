@@ -387,3 +387,15 @@ def test_the_periodic_check_expires_overdue_orders(demo_till: Till) -> None:
 
     asyncio.run(run())
     assert got == [["web-1"]] and orders.get("web-1").status == "expired"
+
+
+def test_the_demo_has_two_orders_to_pick_up(demo_till: Till) -> None:
+    from appliance.demo import seed_orders
+
+    assert seed_orders(demo_till) == 2
+    assert seed_orders(demo_till) == 0  # a demo restarted keeps what it had
+    orders = Orders(demo_till)
+    assert [(o.id, o.payment) for o in orders.search()] == [("web-1001", "paid"), ("web-1002", "at_pickup")]
+    orders.pick("web-1001", {1: Decimal(2), 2: Decimal(1)}, staff="ann")
+    orders.ready("web-1001", staff="ann")
+    assert orders.hand_over("web-1001", "code", "TBO:web-1001:4711", staff="ann").order.status == "collected"
