@@ -993,6 +993,11 @@ class SyncSection(Table):
     reconcile_minutes: int = integer(
         "Interval of the stock and sequence reconciliation with the shop.", 60, lo=1, hi=10080
     )
+    restart_for_config: bool = boolean(
+        "When the shop's desired configuration is accepted, restart the daemon as soon as the till is idle (no "
+        "open sale, no payment in progress) so that it takes effect; only under systemd, which starts it again.",
+        True,
+    )
     catalog_max_age_hours: int = integer(
         "Alert (sync.catalog_stale) when the catalog from the shop has not been confirmed current for this many "
         "hours; 0 turns the warning off.",

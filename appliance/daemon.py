@@ -338,6 +338,9 @@ class Daemon:
         self.sale: Sale | None = None
         self.needs: list[Action] = []
         self.busy: str | None = None
+        #: Called once to restart the daemon (``run_daemon`` sets it under systemd); None: never restart.
+        self.restart: Callable[[str], None] | None = None
+        self.config_waiting: int | None = None  # the accepted remote config version not yet in force
         self.last: Completed | None = None
         self.last_receipt: Receipt | None = None
         self._printed: set[str] = set()
@@ -475,6 +478,15 @@ class Daemon:
     def _sync_changed(self, kind: str) -> None:
         if kind in ("catalog", "promotions") and self.till is not None:
             self.till.reload_promotions()
+        if kind == "config" and self.till is not None:
+            from sync.desired import stored_desired
+
+            stored = stored_desired(self.t.ledger)
+            if stored is not None and self.config.sync.restart_for_config and self.restart is not None:
+                self.config_waiting = stored[0]
+                log.info("configuration version %d accepted from the shop: restarting once the till is idle",
+                         stored[0])  # fmt: skip
+                self._restart_if_idle()
         self.hub.publish("catalog", kind=kind)
 
     async def stop(self) -> None:
@@ -685,6 +697,7 @@ class Daemon:
                     clear_alert(self.t.ledger, ALERT_PRINTER, time=iso_utc(self.clock.now()), note="printed")
                 self._refresh_health()
                 self._refresh_alerts()
+                self._restart_if_idle()
                 for gone in self.sessions.prune():
                     self.hub.publish("session.expired", to=gone.token)
                 if watchdog and time.monotonic() - last_dog >= watchdog / 2:
@@ -692,6 +705,20 @@ class Daemon:
                     sd_notify("WATCHDOG=1")
             except Exception:
                 log.exception("health check failed")
+
+    def idle(self) -> bool:
+        """No sale with lines is open and no payment is in progress: nothing is lost by a restart."""
+        open_sale = self.sale is not None and self.sale.state == "open" and bool(self.sale.lines)
+        return self.busy is None and not open_sale
+
+    def _restart_if_idle(self) -> None:
+        """Restart for an accepted remote configuration, once, when the till is idle."""
+        if self.config_waiting is None or self.restart is None or not self.idle():
+            return
+        version, restart = self.config_waiting, self.restart
+        self.config_waiting, self.restart = None, None
+        log.info("restarting to apply configuration version %d from the shop", version)
+        restart(f"configuration version {version} from the shop")
 
     # -- sessions and approvals ------------------------------------------------------------------
 
@@ -1624,6 +1651,15 @@ def run_daemon(config: Config, data_dir: Path, *, port: int | None = None, broke
             handler.setLevel(root.level)
     root.setLevel(min(root.level, logging.INFO))
     daemon = Daemon(config, data_dir, brokers=brokers, prepare=prepare, devices=devices)
+    if os.environ.get("NOTIFY_SOCKET"):  # under systemd (Restart=always): a clean stop starts it again
+
+        def restart(why: str) -> None:
+            import signal
+
+            sd_notify(f"STATUS=restarting: {why}")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        daemon.restart = restart
     asyncio.run(serve(daemon, port=port, on_ready=on_ready))
     return 0
 

@@ -2,7 +2,8 @@
 
 The shop's desired configuration (``cfg/desired``) is checked by
 :class:`~sync.inbound.Inbound` when it arrives and, if accepted, stored in the
-ledger's ``sync_docs``. It takes effect at the next start: :func:`apply_desired`
+ledger's ``sync_docs``. It takes effect at the next start (under systemd the daemon
+restarts itself for it once the till is idle; see ``Daemon.idle``): :func:`apply_desired`
 lays the stored values over the file configuration and validates the result as a
 whole, exactly as a file is validated. Protected keys are dropped again (a stored
 document is not trusted blindly); if the merged configuration is invalid, nothing

@@ -154,3 +154,32 @@ def _refund_through_the_api(running: DaemonThread) -> None:
         assert again.status_code == 409 and "only 1 of 2 not yet refunded" in again.json()["error"]["message"]
         missing = http.get("/sales/TB-till-7-000001", headers=auth)
         assert missing.status_code == 404 and "on this till or at the shop" in missing.json()["error"]["message"]
+
+
+def test_an_accepted_remote_config_restarts_the_daemon_once_the_till_is_idle(tmp_path: Path) -> None:
+    """Not in the middle of a sale: the restart waits until the open sale is cancelled, then happens once."""
+    config = demo_config()
+    with Mosquitto(tmp_path / "broker") as broker:
+        hub = Hub(tmp_path / "hub", LinkSettings.from_urls([broker.url], "hub", backoff_initial=0.05)).start()
+        try:
+            assert wait_until(lambda: hub.link.connected)
+            daemon = Daemon(config, tmp_path / "till", fast_hash=True, brokers=(broker.url,), prepare=demo_prepare())
+            restarts: list[str] = []
+            daemon.restart = restarts.append
+            with DaemonThread(daemon) as running, httpx.Client(base_url=running.url + "/api/v1", timeout=10) as http:
+                assert wait_until(lambda: daemon.sync is not None and daemon.sync.link.connected)
+                token = http.post("/session/pin", json={"staff_id": "sam", "pin": "9999"}).json()["token"]
+                auth = {"Authorization": f"Bearer {token}"}
+                assert http.post("/cart/items", json={"code": "4006381333931"}, headers=auth).status_code == 200
+                version = hub.desire_config("demo", config.store.device_id, {"staff.session_minutes": 5})
+                assert wait_until(lambda: daemon.config_waiting == version)
+                assert restarts == []  # a sale is open
+                cancelled = http.post("/cart/cancel", json={"reason": "customer left"}, headers=auth)
+                assert cancelled.status_code == 200, cancelled.text
+                assert wait_until(lambda: restarts == [f"configuration version {version} from the shop"])
+                assert daemon.config_waiting is None and daemon.restart is None  # once
+            again = Daemon(config, tmp_path / "till", fast_hash=True, brokers=(broker.url,), prepare=demo_prepare())
+            with DaemonThread(again):
+                assert again.sessions.idle_seconds == 300  # in force after the restart
+        finally:
+            hub.close()
