@@ -42,6 +42,8 @@ from appliance.receipt import Receipt
 from appliance.reports import render_report
 from appliance.returns import ReturnRequest
 from appliance.sale import Discount, Sale
+from appliance.sdnotify import notify as sd_notify
+from appliance.sdnotify import watchdog_interval
 from appliance.shifts import CashKind
 from appliance.staff import Action, Approval, AuthError, Role, StaffMember
 from appliance.tenders import CardResult, PaymentTerminal, TenderKind
@@ -262,22 +264,6 @@ class LogBuffer(logging.Handler):
                                  "message": record.getMessage()})  # fmt: skip
         except Exception:
             self.handleError(record)
-
-
-def sd_notify(message: str) -> bool:
-    """Tell systemd (``Type=notify``) about our state; False when not run by systemd."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return False
-    addr = "\0" + path[1:] if path.startswith("@") else path
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(addr)
-            sock.sendall(message.encode())
-    except OSError as exc:
-        log.debug("sd_notify failed: %s", exc)
-        return False
-    return True
 
 
 # -- the daemon ------------------------------------------------------------------------------------
@@ -679,7 +665,7 @@ class Daemon:
         }
 
     async def _health_loop(self) -> None:
-        watchdog = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
+        watchdog = watchdog_interval()  # half systemd's timeout, or None
         last_dog = last_reprint = 0.0
         while True:
             await asyncio.sleep(self.health_interval)
@@ -700,7 +686,7 @@ class Daemon:
                 self._restart_if_idle()
                 for gone in self.sessions.prune():
                     self.hub.publish("session.expired", to=gone.token)
-                if watchdog and time.monotonic() - last_dog >= watchdog / 2:
+                if watchdog and time.monotonic() - last_dog >= watchdog:
                     last_dog = time.monotonic()
                     sd_notify("WATCHDOG=1")
             except Exception:
