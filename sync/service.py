@@ -79,7 +79,7 @@ class _Lookup:
 
     reference: str  # the sale reference, or the request's id
     future: Future[dict[str, Any]]
-    forget_at: float
+    forget_at: float = 0.0  # set when sent: a late answer is still taken until twice the expiry
     name: str = "sale"
 
 
@@ -369,16 +369,8 @@ class SyncService(LinkWorker):
             raise RuntimeError("lookup_sale waits for the service thread; call it from another thread")
         wait = self.options.lookup_timeout if timeout is None else timeout
         validate("sale-lookup", {"reference": reference})
-        if not self.link.connected:
-            raise DeviceUnavailable("the shop is not reachable: this till is offline")
-        if self.hub_online is False:
-            raise DeviceUnavailable("the shop is not reachable: its hub is offline")
-        fut: Future[dict[str, Any]] = Future()
-        self.call(lambda: self._send_lookup(reference, fut, wait))
-        try:
-            return fut.result(wait)
-        except TimeoutError:
-            raise DeviceUnavailable(f"the shop did not answer within {wait:g} s") from None
+        body = {"reference": reference, "issued_at": self._now()}
+        return self._ask("sale", body, _Lookup(reference, Future()), wait, response="sale")
 
     def request(self, name: str, body: Mapping[str, Any], *, request_id: str | None = None,
                 timeout: float | None = None) -> dict[str, Any]:  # fmt: skip
@@ -398,14 +390,18 @@ class SyncService(LinkWorker):
         rid = str(uuid.UUID(request_id)) if request_id is not None else str(uuid.uuid4())
         doc = {**body, "id": rid}
         validate(rpc.request_schema(name), doc)
+        return self._ask(name, doc, _Lookup(rid, Future(), name=name), wait)
+
+    def _ask(self, name: str, doc: Mapping[str, Any], pending: _Lookup, wait: float, *,
+             response: str = rpc.RESPONSE_NAME) -> dict[str, Any]:  # fmt: skip
+        """Send on the service thread and wait for the answer (raises as :meth:`request` says)."""
         if not self.link.connected:
             raise DeviceUnavailable("the shop is not reachable: this till is offline")
         if self.hub_online is False:
             raise DeviceUnavailable("the shop is not reachable: its hub is offline")
-        fut: Future[dict[str, Any]] = Future()
-        self.call(lambda: self._send(name, doc, _Lookup(rid, fut, 0.0, name), wait))
+        self.call(lambda: self._send(name, doc, pending, wait, response=response))
         try:
-            return fut.result(wait)
+            return pending.future.result(wait)
         except TimeoutError:
             raise DeviceUnavailable(f"the shop did not answer within {wait:g} s") from None
 
@@ -452,11 +448,6 @@ class SyncService(LinkWorker):
         if pending is None:
             log.debug("answer on %s to an unknown or expired request ignored", msg.topic)
         return pending
-
-    def _send_lookup(self, reference: str, fut: Future[dict[str, Any]], wait: float) -> None:
-        # a late answer is still stored (the next attempt finds it), until twice the expiry
-        body = {"reference": reference, "issued_at": self._now()}
-        self._send("sale", body, _Lookup(reference, fut, 0.0), wait, response="sale")
 
     def _lookup_answer(self, msg: mqtt.MQTTMessage) -> None:
         topic, payload = msg.topic, bytes(msg.payload)
