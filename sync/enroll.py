@@ -14,6 +14,7 @@ import json
 import secrets
 import sqlite3
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from appliance.provision import ProvisionError, Provisioning
 from sync.link import Broker, message_properties
 
 CERT_DAYS = 825
+#: Seconds between repeats of an unanswered enrollment request.
+RESEND = 2.0
 
 
 def _hash(token: str) -> str:
@@ -47,6 +50,10 @@ class EnrollmentAuthority:
             "CREATE TABLE IF NOT EXISTS tokens(hash TEXT PRIMARY KEY, store TEXT NOT NULL, device TEXT NOT NULL, "
             "created_at TEXT NOT NULL, used_at TEXT)"
         )
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(tokens)")}
+        for column in ("key_hash", "certificate"):  # added later: a repeated request gets the same answer
+            if column not in columns:
+                self.db.execute(f"ALTER TABLE tokens ADD COLUMN {column} TEXT")
         key_path, cert_path = data_dir / "ca-key.pem", data_dir / "ca.pem"
         if not key_path.exists():
             key = ec.generate_private_key(ec.SECP256R1())
@@ -80,19 +87,22 @@ class EnrollmentAuthority:
         return token
 
     def sign(self, store: str, device: str, token: str, csr_pem: bytes) -> bytes:
-        """Check the token and sign the CSR; raises ProvisionError with the reason."""
+        """Check the token and sign the CSR; raises ProvisionError with the reason.
+
+        The same request again (same token, same key) gets the certificate already
+        issued, so a device that missed the answer can ask again; any other use of a
+        used token is refused.
+        """
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
         with self._lock:
             row = self.db.execute(
-                "SELECT store, device, used_at FROM tokens WHERE hash = ?", (_hash(token),)
+                "SELECT store, device, used_at, key_hash, certificate FROM tokens WHERE hash = ?", (_hash(token),)
             ).fetchone()
             if row is None:
                 raise ProvisionError("enrollment token not recognised")
-            if row[2] is not None:
-                raise ProvisionError("enrollment token already used")
             if (row[0], row[1]) != (store, device):
                 raise ProvisionError("enrollment token belongs to another device")
             try:
@@ -101,6 +111,12 @@ class EnrollmentAuthority:
                 raise ProvisionError("certificate signing request is malformed") from None
             if not csr.is_signature_valid:
                 raise ProvisionError("certificate signing request has a bad signature")
+            spki = serialization.PublicFormat.SubjectPublicKeyInfo
+            key_hash = hashlib.sha256(csr.public_key().public_bytes(serialization.Encoding.DER, spki)).hexdigest()
+            if row[2] is not None:
+                if row[3] == key_hash and row[4]:
+                    return str(row[4]).encode()
+                raise ProvisionError("enrollment token already used")
             now = dt.datetime.now(dt.UTC)
             name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, store),
                               x509.NameAttribute(NameOID.COMMON_NAME, f"{store}/{device}")])  # fmt: skip
@@ -112,8 +128,12 @@ class EnrollmentAuthority:
                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
                 .sign(self.ca_key, hashes.SHA256())  # type: ignore[arg-type]
             )  # fmt: skip
-            self.db.execute("UPDATE tokens SET used_at = ? WHERE hash = ?", (now.isoformat(), _hash(token)))
-        return cert.public_bytes(serialization.Encoding.PEM)
+            pem = cert.public_bytes(serialization.Encoding.PEM)
+            self.db.execute(
+                "UPDATE tokens SET used_at = ?, key_hash = ?, certificate = ? WHERE hash = ?",
+                (now.isoformat(), key_hash, pem.decode(), _hash(token)),
+            )
+        return pem
 
     def handle(self, topic: str, payload: bytes) -> dict[str, Any]:
         """Answer one enrollment request message."""
@@ -140,10 +160,16 @@ class EnrollmentServer:
                                   protocol=mqtt.MQTTv5)  # fmt: skip
         if broker.tls:
             self.client.tls_set()
+        self._ready = threading.Event()
         self.client.on_connect = lambda c, *_: c.subscribe("tillbox/v1/+/enroll/+", qos=1)
+        self.client.on_subscribe = lambda *_: self._ready.set()
         self.client.on_message = self._message
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
+
+    def wait_ready(self, timeout: float = 10.0) -> bool:
+        """Wait until the broker has confirmed the subscription; False when it has not within ``timeout``."""
+        return self._ready.wait(timeout)
 
     def _message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
@@ -161,8 +187,14 @@ class EnrollmentServer:
 
 
 def _request(broker: Broker, p: Provisioning, csr_pem: bytes, timeout: float) -> dict[str, Any]:
-    """One enrollment round trip; raises OSError or TimeoutError when the broker does not answer."""
+    """One enrollment round trip; raises OSError or TimeoutError when the broker does not answer.
+
+    The request is sent again every :data:`RESEND` seconds until answered: the
+    enrollment service may come up after the till, and a request published while
+    nothing listens is gone. The hub answers a repeated request the same way.
+    """
     done = threading.Event()
+    subscribed = threading.Event()
     answer: dict[str, Any] = {}
     corr = uuid.uuid4().bytes
     reply = f"tillbox/v1/{p.store_id}/{p.device_id}/res/enroll"
@@ -172,9 +204,11 @@ def _request(broker: Broker, p: Provisioning, csr_pem: bytes, timeout: float) ->
             answer.update(json.loads(msg.payload))
             done.set()
 
+    props = message_properties(ResponseTopic=reply, CorrelationData=corr, MessageExpiryInterval=max(1, int(timeout)))
+    body = json.dumps({"token": p.enrollment_token, "csr": csr_pem.decode()})
+
     def on_subscribe(c: mqtt.Client, *a: Any) -> None:
-        props = message_properties(ResponseTopic=reply, CorrelationData=corr, MessageExpiryInterval=int(timeout))
-        body = json.dumps({"token": p.enrollment_token, "csr": csr_pem.decode()})
+        subscribed.set()
         c.publish(f"tillbox/v1/{p.store_id}/enroll/{p.device_id}", body, qos=1, properties=props)
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"tillbox-{p.store_id}-{p.device_id}-enroll",
@@ -186,9 +220,13 @@ def _request(broker: Broker, p: Provisioning, csr_pem: bytes, timeout: float) ->
         client.tls_set()
     client.connect(broker.host, broker.port, keepalive=30)
     client.loop_start()
+    deadline = time.monotonic() + timeout
     try:
-        if not done.wait(timeout):
-            raise TimeoutError(f"no answer from the enrollment service within {timeout:.0f} s")
+        while not done.wait(min(RESEND, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no answer from the enrollment service within {timeout:.0f} s")
+            if subscribed.is_set():
+                client.publish(f"tillbox/v1/{p.store_id}/enroll/{p.device_id}", body, qos=1, properties=props)
     finally:
         client.disconnect()
         client.loop_stop()

@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -33,6 +34,7 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 def hub(tmp_path: Path, broker: Mosquitto) -> Iterator[EnrollmentAuthority]:
     authority = EnrollmentAuthority(tmp_path / "hub")
     server = EnrollmentServer(authority, broker.url)
+    assert server.wait_ready()
     yield authority
     server.close()
 
@@ -83,6 +85,37 @@ def test_used_token_is_refused(tmp_path: Path, broker: Mosquitto, hub: Enrollmen
         provision.apply(again, tmp_path / "b", lambda p, c: enroll(p, c, timeout=10))
     assert "already used" in (tmp_path / "b" / "provision-error.txt").read_text()
     assert not (tmp_path / "b" / "identity").exists()
+
+
+def test_repeated_request_gets_the_same_certificate(tmp_path: Path, hub: EnrollmentAuthority) -> None:
+    """A device that missed the answer asks again with the same key and gets the same certificate."""
+    p = provision.Provisioning("berlin-1", "till-3", (), None, "Europe/Berlin", "de_DE", {})
+    token = hub.issue_token("berlin-1", "till-3")
+    _, csr = provision.generate_identity(p)
+    first = hub.sign("berlin-1", "till-3", token, csr)
+    assert hub.sign("berlin-1", "till-3", token, csr) == first
+    _, other = provision.generate_identity(p)
+    with pytest.raises(ProvisionError, match="already used"):
+        hub.sign("berlin-1", "till-3", token, other)
+
+
+def test_enrollment_service_started_after_the_till(tmp_path: Path, broker: Mosquitto) -> None:
+    """The till keeps asking until the hub's enrollment service comes up."""
+    import threading
+
+    authority = EnrollmentAuthority(tmp_path / "hub")
+    token = authority.issue_token("berlin-1", "till-3")
+    outcome: list[object] = []
+    worker = threading.Thread(target=lambda: outcome.append(provision.apply(
+        boot_file(tmp_path, broker, token), tmp_path / "a", lambda p, c: enroll(p, c, timeout=30))))  # fmt: skip
+    worker.start()
+    time.sleep(1.0)  # the till's first request finds nobody listening
+    server = EnrollmentServer(authority, broker.url)
+    try:
+        worker.join(40)
+        assert outcome and outcome[0] == {"store_id": "berlin-1", "device_id": "till-3", "brokers": [broker.url]}
+    finally:
+        server.close()
 
 
 def test_unknown_or_foreign_token(tmp_path: Path, broker: Mosquitto, hub: EnrollmentAuthority) -> None:
