@@ -489,7 +489,7 @@ def test_evdev_scanner_grabs_decodes_and_releases(kernel: FakeKernel) -> None:
         scanner = EvdevScanner("by-id/usb-scanner-event-kbd", on_scan, decoder=WedgeDecoder("de"))
         typist = now_typist().key(e.KEY_9, ALTGR).key(e.KEY_E, SHIFT).digits("04006381333931").enter()
         kernel.send(typist.events)
-        assert got.wait(3)
+        assert got.wait(10)
         scanner.close()
         scanner.close()
     input_device.assert_called_once_with("by-id/usb-scanner-event-kbd")
