@@ -1088,6 +1088,10 @@ class OrdersSection(Table):
     )
     id_check: bool = boolean("Staff may hand an order over after checking the customer's ID instead of the code.",
                              True)  # fmt: skip
+    keep_personal_days: int = integer(
+        "Days after an order closed (collected, shipped, expired, cancelled) that this till keeps the customer's "
+        "name, address and note on it; then they are dropped.", 30, lo=1, hi=3650
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

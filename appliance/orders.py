@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
+from appliance.canonical import canonical_json
 from appliance.catalog import Item
 from appliance.clock import iso_utc
 from appliance.config import Config
@@ -61,6 +62,8 @@ EVENT_PREFIX: Final = "tillbox.order."
 #: Scanned text of an order's QR code: ``TBO:<order id>:<pickup code>``.
 QR_PREFIX: Final = "TBO:"
 HISTORY_LIMIT: Final = 50
+#: What of an order names or reaches the customer; dropped ``keep_personal_days`` after it closed.
+PERSONAL_FIELDS: Final = ("customer", "ship_to", "note")
 
 _ALLOWED: Final[Mapping[tuple[str, str], frozenset[str]]] = {
     ("pickup", "picked"): frozenset({"placed", "picking"}),
@@ -366,12 +369,14 @@ class OrderPolicy:
     expiry_check_minutes: int = 5
     code_attempts: int = 5
     id_check: bool = True
+    keep_personal_days: int = 30
 
     @classmethod
     def from_config(cls, config: Config) -> OrderPolicy:
         o = config.orders
         return cls(hold_days=o.hold_days, expire=o.expire, expiry_check_minutes=o.expiry_check_minutes,
-                   code_attempts=o.code_attempts, id_check=o.id_check)  # fmt: skip
+                   code_attempts=o.code_attempts, id_check=o.id_check,
+                   keep_personal_days=o.keep_personal_days)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -794,6 +799,41 @@ class Orders:
             expired.append(order.id)
         return expired
 
+    def forget_personal(self) -> list[str]:
+        """Drop the customer's name, address and note from orders closed ``keep_personal_days`` ago; their ids.
+
+        The order itself stays (lines, status, history, the journal's record of every action):
+        only what names or reaches the customer goes, as the till no longer needs it.
+        """
+        now = self.clock.now()
+        cutoff = now - timedelta(days=self.policy.keep_personal_days)
+        rows = self.ledger.conn.execute(
+            "SELECT p.id, p.version, p.body, max(p.updated_at, coalesce(max(a.time), '')) FROM pickup_orders p "
+            "LEFT JOIN order_actions a ON a.order_id = p.id WHERE json_extract(p.body, '$.redacted_at') IS NULL "
+            "GROUP BY p.id"
+        ).fetchall()
+        forgotten = []
+        for order_id, version, body, last in rows:
+            try:
+                order = self._effective(str(order_id), int(version), str(body))
+                closed_long_ago = order.status in FINAL_STATUSES and _instant(str(last)) <= cutoff
+            except (InputError, ValueError) as exc:
+                log.warning("order %s: %s", order_id, exc)
+                continue
+            if not closed_long_ago:
+                continue
+            doc = json.loads(body)
+            for name in PERSONAL_FIELDS:
+                doc.pop(name, None)
+            doc["redacted_at"] = iso_utc(now)
+            with self.ledger.transaction(f"order {order_id}: dropping personal data") as tx:
+                tx.conn.execute("UPDATE pickup_orders SET body = ? WHERE id = ? AND version = ?",
+                                (canonical_json(doc), order_id, version))  # fmt: skip
+            forgotten.append(str(order_id))
+        if forgotten:
+            log.info("personal data dropped from %d closed order(s)", len(forgotten))
+        return forgotten
+
 
 def packing_slip(order: Order, till: Till, *, staff: str, time: str, number: int, journal_seq: int,
                  journal_hash: str) -> Receipt:  # fmt: skip
@@ -852,6 +892,7 @@ async def expire_periodically(
         await asyncio.sleep(interval)
         try:
             expired = orders.expire_due()
+            orders.forget_personal()
         except TillboxError as exc:
             log.warning("order expiry check failed: %s", exc)
             continue

@@ -18,6 +18,7 @@ from appliance.clock import FrozenClock, iso_utc
 from appliance.config import parse_config
 from appliance.errors import InputError, NotFound, SaleError, TenderError
 from appliance.ledger import OutboxEvent
+from appliance.ledger.verify import verify
 from appliance.orders import (
     ACTION_STATUS,
     OrderPolicy,
@@ -367,6 +368,35 @@ def test_any_sequence_of_actions_keeps_a_valid_document(kind: str, steps: list[t
         if doc["status"] in ("collected", "shipped"):
             pytest.fail(f"{action} changed a {doc['status']} order")
         doc = new
+
+
+def test_personal_data_leaves_closed_orders_after_the_retention(demo_till: Till) -> None:
+    clock = demo_till.clock
+    assert isinstance(clock, FrozenClock)
+    orders = Orders(demo_till, OrderPolicy(keep_personal_days=30))
+    receive(demo_till, order_doc("web-1", note="Ring twice"))
+    receive(demo_till, order_doc("web-2", kind="ship", ship_to=ADDRESS, code=None))
+    receive(demo_till, order_doc("web-3"))  # stays open
+    orders.cancel("web-1", "customer called", staff="sam", approver="sam")
+    clock.advance(10 * 86400)
+    orders.pick("web-2", {1: Decimal(2), 2: Decimal(3)}, staff="ann")
+    orders.pack("web-2", staff="ann")
+    orders.ship("web-2", "00340434161234567890", staff="ann")
+    clock.advance(21 * 86400)  # web-1 closed 31 days ago, web-2 21 days ago
+    assert orders.forget_personal() == ["web-1"]
+    web1 = orders.get("web-1")
+    assert (web1.customer, web1.status, len(web1.lines)) == ("", "cancelled", 2)
+    assert web1.doc.get("note") != "Ring twice" and web1.doc["redacted_at"] == iso_utc(clock.now())
+    assert orders.search(text="Mustermann", open_only=False) == [orders.get("web-3"), orders.get("web-2")]
+    clock.advance(10 * 86400)
+    assert orders.forget_personal() == ["web-2"] and orders.forget_personal() == []
+    web2 = orders.get("web-2")
+    assert (web2.ship_to, web2.tracking, web2.status) == (None, "00340434161234567890", "shipped")
+    assert orders.get("web-3").customer == "Erika Mustermann"  # open orders keep it, however old
+    body = demo_till.ledger.conn.execute("SELECT group_concat(body) FROM pickup_orders WHERE id != 'web-3'")
+    assert "Mustermann" not in body.fetchone()[0]
+    assert "Hauptstr" not in orders.slip("web-2", staff="ann").footer  # a reprint has no address any more
+    assert verify(demo_till.ledger).ok  # the journal was not touched
 
 
 def test_the_periodic_check_expires_overdue_orders(demo_till: Till) -> None:
