@@ -148,7 +148,6 @@ def test_will_birth_and_clean_offline_carry_the_session(broker: Mosquitto, till_
 
 
 def test_will_is_published_when_the_till_vanishes(broker: Mosquitto, till_dir: Path, config: Config) -> None:
-    svc = service(config, till_dir, broker.url, options=dataclasses.replace(FAST))
     svc = SyncService.from_config(config, till_dir, link=fast_link(config, till_dir, broker.url, keepalive=5),
                                   options=FAST)  # fmt: skip
     sub = Collector(broker.url, ["tillbox/v1/demo/till-1/status/#"])
