@@ -822,6 +822,9 @@ class Daemon:
                          customer=customer)  # fmt: skip
         due = view["cash_due"]["minor"]
         view["quick_cash"] = [self.fmt.amount(a) for a in quick_cash(due, self.t.currency)]
+        from kiosk_ui.accounts import points_discount_view
+
+        view["points_discount"] = points_discount_view(self, self.sale)  # docs/accounts.md
         return view
 
     def _mark_sale(self) -> None:
@@ -838,6 +841,8 @@ class Daemon:
         self._mark_sale()
         view = self.cart()
         self.hub.publish("cart", cart=view, event=event, **extra)
+        if view["points_discount"] and view["points_discount"]["capped"]:  # the sale shrank below its points
+            self.hub.publish("notice", level="error", message=view["points_discount"]["message"])
         return view
 
     async def weigh(self) -> Decimal:
@@ -988,6 +993,8 @@ class Daemon:
             customer = self.t.customers.get(customer_id)
             if customer.erased:
                 raise InputError("that customer was erased")
+        if sale.points_discount is not None and customer_id != sale.points_discount.customer:
+            raise SaleError("the sale has the customer's points off its price; remove the points discount first")
         sale.customer_id = customer_id
         return self._changed("customer")
 

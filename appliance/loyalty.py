@@ -1,4 +1,4 @@
-"""Loyalty points: earned on completed sales under configured rules, redeemed as a tender through the hub.
+"""Loyalty points: earned on completed sales under configured rules, redeemed through the hub as a tender or a discount.
 
 A customer's points are keyed by customer id (the id the customer lookup gives; the hub
 also takes a loyalty card number linked to one). The shop's hub holds the balances, like
@@ -12,9 +12,14 @@ of the goods that earned them (:meth:`Loyalty.claw_back`, :func:`points_kept`). 
 redemption is written down before the hub is asked, like a gift card's
 (:class:`appliance.stored_value.Holds`). A till without a shop keeps the balances itself.
 
+Points redeemed as a discount (:meth:`Loyalty.plan_discount`, :meth:`Loyalty.discount`) take the
+same path as a tender (hold, hub, offline limits) but lower the price, so the tax base, instead
+of paying it: the sale spreads them over its lines (:class:`appliance.sale.PointsDiscount`).
+
 Earning (:func:`points_earned`) is pure: the gross totals of the sale's lines, without
 voided lines, gift cards and the excluded departments and tax classes, less what points
-paid, times ``points_per_unit`` per whole currency unit, rounded down.
+paid, times ``points_per_unit`` per whole currency unit, rounded down. A points discount already
+lowered the lines' totals, so nothing is earned on it either.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from appliance.errors import DeviceUnavailable, InputError, NotFound, SaleError,
 from appliance.ids import uuid7
 from appliance.ledger import Ledger, NewEvent, Tx
 from appliance.money import Currency
-from appliance.sale import Sale
+from appliance.sale import PointsDiscount, Sale
 from appliance.stored_value import (
     GIFT_CARD_DEPARTMENT,
     Hold,
@@ -261,17 +266,20 @@ class Loyalty:
         due = sale.totals().due
         if due <= 0:
             raise TenderError("the sale is already paid")
-        value, least = self.rules.point_value, self.rules.min_redeem
+        value = self.rules.point_value
         most = due // value
         if points is not None and points <= 0:
             raise TenderError("points to redeem must be positive")
         if points is not None and points > most:
             raise TenderError(f"{points} points pay {self.currency.plain(points * value)}, more than the "
                               f"{self.currency.plain(due)} due")  # fmt: skip
-        want = most if points is None else points
-        if want < least:
-            raise TenderError(f"at least {least} points are redeemed at once")
-        r = PointsRedemption(uuid7(), who, want, points is None, sale.id, sale.cashier)
+        return self._hold(sale, who, most if points is None else points, partial=points is None)
+
+    def _hold(self, sale: Sale, who: str, want: int, *, partial: bool) -> PointsRedemption:
+        """A redemption of ``want`` points with its movement id; written down first when there is a shop."""
+        if want < self.rules.min_redeem:
+            raise TenderError(f"at least {self.rules.min_redeem} points are redeemed at once")
+        r = PointsRedemption(uuid7(), who, want, partial, sale.id, sale.cashier)
         if self.remote is not None:
             self.holds.open(Hold(r.move_id, BOOK, _KIND, who, want, None, sale.id, sale.cashier),
                             time=iso_utc(self.clock.now()))  # fmt: skip
@@ -308,9 +316,18 @@ class Loyalty:
             raise
 
     def _without_shop(self, sale: Sale, r: PointsRedemption) -> Tender:
-        value = self.rules.point_value
-        pending = [t for t in sale.tenders if t.kind is TenderKind.LOYALTY]
-        on_sale = sum(int(t.detail.get("points", "0")) for t in pending if t.reference == r.customer)
+        taken, mode = self._take_without_shop(sale, r)
+        detail = {"move": r.move_id, "mode": mode, "points": str(taken)}
+        return sale.pay_electronic(TenderKind.LOYALTY, taken * self.rules.point_value, r.customer, detail)
+
+    def _take_without_shop(self, sale: Sale, r: PointsRedemption) -> tuple[int, str]:
+        """Points that may be taken without the shop (its offline limits, or the till's own points) and the mode."""
+        pending = [(str(t.reference), int(t.detail.get("points", "0")), t.detail.get("mode"))
+                   for t in sale.tenders if t.kind is TenderKind.LOYALTY]  # fmt: skip
+        if sale.points_discount is not None:  # a points discount counts like a points tender
+            d = sale.points_discount
+            pending.append((d.customer, d.points, d.mode))
+        on_sale = sum(points for who, points, _ in pending if who == r.customer)
         try:
             known: int | None = self.get(r.customer).points
         except NotFound:
@@ -322,19 +339,88 @@ class Loyalty:
                 raise TenderError(f"customer {r.customer} has only {max(available, 0)} points")
             mode = "local"
         else:
-            offline = sum(int(t.detail.get("points", "0")) for t in pending if t.detail.get("mode") == "offline")
+            offline = sum(points for _, points, mode in pending if mode == "offline")
             room, why = self.room(r.customer, pending=offline, pending_customer=on_sale, known=known)
             taken = min(r.points, room) if r.partial else r.points
             if taken <= 0 or taken > room or taken < self.rules.min_redeem:
                 raise TenderError(why)
             mode = "offline"
-        detail = {"move": r.move_id, "mode": mode, "points": str(taken)}
-        return sale.pay_electronic(TenderKind.LOYALTY, taken * value, r.customer, detail)
+        return taken, mode
 
     def pay(self, sale: Sale, points: int | None = None, customer: str | None = None) -> Tender:
         """Plan, ask the hub and tender in one call (blocks while the shop is asked)."""
         r = self.plan(sale, points, customer)
         return self.tender(sale, r, self.ask(r))
+
+    # -- redeeming as a discount -----------------------------------------------------------------
+
+    def plan_discount(self, sale: Sale, points: int | None = None, customer: str | None = None) -> PointsRedemption:
+        """Check a points discount against the sale and the rules; written down first like a tender (:meth:`plan`).
+
+        ``points`` None takes as many as the sale's lines cost (whole points). Points come off
+        after every other discount and never take the sale below zero; gift cards are left alone.
+        """
+        self._require()
+        who = _customer(customer or sale.customer_id or "")
+        if sale.state != "open":
+            raise SaleError(f"sale is {sale.state}")
+        if sale.tenders:
+            raise SaleError("payment has started; points come off the price before it")
+        if sale.points_discount is not None:
+            raise SaleError("the sale already has a points discount; remove it first")
+        if points is not None and points <= 0:
+            raise InputError("points to redeem must be positive")
+        value, pool = self.rules.point_value, sale.points_pool()
+        most = pool // value
+        if most <= 0:
+            raise SaleError(f"nothing in the sale for points to take off (one point is worth "
+                            f"{self.currency.plain(value)})")  # fmt: skip
+        if points is not None and points > most:
+            raise TenderError(f"{points} points take {self.currency.plain(points * value)} off, more than the "
+                              f"{self.currency.plain(pool)} the sale costs; at most {most} points")  # fmt: skip
+        return self._hold(sale, who, most if points is None else points, partial=points is None)
+
+    def discount(self, sale: Sale, r: PointsRedemption, answer: Mapping[str, Any] | None) -> PointsDiscount:
+        """Take the points off the sale's price: as the hub answered, else offline within limits, else locally.
+
+        Like :meth:`tender`: points the sale cannot use are given back (the hold is reversed).
+        """
+        if answer is not None:
+            taken = -int(answer["delta"])
+            try:
+                if taken < self.rules.min_redeem:
+                    raise TenderError(f"customer {r.customer} has too few points ({int(answer['balance']) + taken})")
+                return self._take_off(sale, r, taken, "online", int(answer["balance"]))
+            except TillboxError:  # the hub took them but the sale cannot: give them back
+                self._release(r, applied=True)
+                raise
+        try:
+            taken, mode = self._take_without_shop(sale, r)
+            return self._take_off(sale, r, taken, mode, None)
+        except TillboxError:  # a request that went unanswered may still have reached the hub
+            self._release(r, applied=False)
+            raise
+
+    def _take_off(self, sale: Sale, r: PointsRedemption, taken: int, mode: str, balance: int | None
+                  ) -> PointsDiscount:  # fmt: skip
+        d = PointsDiscount(r.customer, taken, self.rules.point_value, r.move_id, mode, balance, r.staff)
+        sale.set_points_discount(d, self.clock.now())
+        return d
+
+    def take_off(self, sale: Sale, points: int | None = None, customer: str | None = None) -> PointsDiscount:
+        """Plan, ask the hub and take the points off the price in one call (blocks while the shop is asked)."""
+        r = self.plan_discount(sale, points, customer)
+        return self.discount(sale, r, self.ask(r))
+
+    def remove_discount(self, sale: Sale, *, actor: str | None) -> PointsDiscount:
+        """Take a points discount off an unpaid sale and give its points back (as a voided points tender is)."""
+        d = sale.points_discount
+        if d is None:
+            raise SaleError("the sale has no points discount")
+        sale.set_points_discount(None, self.clock.now())
+        self._release(PointsRedemption(d.move, d.customer, d.points, False, sale.id, actor),
+                      applied=d.mode in ("online", "offline"))  # fmt: skip
+        return d
 
     def room(self, customer: str, *, pending: int = 0, pending_customer: int = 0, known: int | None = None
              ) -> tuple[int, str]:  # fmt: skip
@@ -365,12 +451,15 @@ class Loyalty:
     # -- in the sale's transaction ---------------------------------------------------------------
 
     def precheck(self, tx: Tx, doc: Mapping[str, Any]) -> None:
-        """Before a sale commits: its offline point tenders still fit the limits."""
-        offline = [t for t in doc.get("tenders", []) if t["kind"] == _KIND
-                   and (t.get("detail") or {}).get("mode") == "offline"]  # fmt: skip
-        total = sum(int(t["detail"]["points"]) for t in offline)
-        for customer in sorted({str(t["reference"]) for t in offline}):
-            mine = sum(int(t["detail"]["points"]) for t in offline if t["reference"] == customer)
+        """Before a sale commits: its offline point tenders and points discount still fit the limits."""
+        offline = [(str(t["reference"]), int(t["detail"]["points"])) for t in doc.get("tenders", [])
+                   if t["kind"] == _KIND and (t.get("detail") or {}).get("mode") == "offline"]  # fmt: skip
+        d = doc.get("points_discount")
+        if d and d.get("mode") == "offline" and int(d["points"]) > 0:
+            offline.append((str(d["customer"]), int(d["held"])))
+        total = sum(points for _, points in offline)
+        for customer in sorted({who for who, _ in offline}):
+            mine = sum(points for who, points in offline if who == customer)
             room, why = self.room(customer, pending=total - mine)
             if mine > room:
                 raise TenderError(why)
@@ -388,11 +477,26 @@ class Loyalty:
             points_move(tx, str(t["reference"]), -points, time=time, op="redeem", reason="sale", ref=sale_id,
                         journal_seq=journal_seq, mode=detail.get("mode", "local"), move_id=detail.get("move"),
                         balance=int(detail["balance"]) if "balance" in detail else None, actor=actor)  # fmt: skip
+        self._record_discount(tx, doc, journal_seq)
         earned = points_earned(doc, self.rules, self.currency)
         if earned > 0:
             points_move(tx, str(doc["customer_id"]), earned, time=time, op="earn", reason="sale", ref=sale_id,
                         journal_seq=journal_seq, actor=actor, authority=self.remote is None)  # fmt: skip
         return earned
+
+    def _record_discount(self, tx: Tx, doc: Mapping[str, Any], journal_seq: int) -> None:
+        """Record the points a sale's points discount took: all that were taken, then those it did not use back."""
+        d = doc.get("points_discount")
+        if not d or int(d["points"]) <= 0:
+            return  # none applied: its hold is reversed by :meth:`settle_sale`
+        time, sale_id, actor = str(doc["completed_at"]), str(doc["id"]), doc.get("cashier")
+        customer, held, used = str(d["customer"]), int(d["held"]), int(d["points"])
+        points_move(tx, customer, -held, time=time, op="redeem", reason="discount", ref=sale_id,
+                    journal_seq=journal_seq, mode=str(d["mode"]), move_id=str(d["move"]),
+                    balance=None if d.get("balance") is None else int(d["balance"]), actor=actor)  # fmt: skip
+        if held > used:  # the sale came to cost less than the points taken: the rest go back
+            points_move(tx, customer, held - used, time=time, op="refund", reason="discount", ref=sale_id,
+                        journal_seq=journal_seq, actor=actor, authority=self.remote is None)  # fmt: skip
 
     def claw_back(self, tx: Tx, ret: Mapping[str, Any], original: Mapping[str, Any], refunded: Mapping[int, int],
                   journal_seq: int) -> int:  # fmt: skip
@@ -446,12 +550,23 @@ class Loyalty:
     def settle_sale(self, tx: Tx, doc: Mapping[str, Any], journal_seq: int) -> list[str]:
         """In a completing sale's transaction: its point tenders' holds are consumed, any other is reversed."""
         used = {str((t.get("detail") or {}).get("move")) for t in doc.get("tenders", []) if t["kind"] == _KIND}
+        d = doc.get("points_discount")
+        if d and int(d["points"]) > 0:
+            used.add(str(d["move"]))
         return self.holds.finish(tx, str(doc["id"]), used, time=str(doc["completed_at"]), actor=doc.get("cashier"),
                                  reason="void", journal_seq=journal_seq)  # fmt: skip
 
     def recover(self) -> list[str]:
-        """At start-up: give back the points taken for sales lost before they completed."""
+        """At start-up: give back the points taken for sales lost before they completed (tenders and discounts)."""
         return self.holds.recover(time=iso_utc(self.clock.now()))
+
+    def return_points(self, return_id: str) -> tuple[int, int]:
+        """Points a committed return gave back to and took back from the customer: (given, taken)."""
+        row = self.ledger.conn.execute(
+            "SELECT COALESCE(SUM(CASE WHEN op = 'refund' THEN delta END), 0), "
+            "COALESCE(SUM(CASE WHEN op = 'clawback' THEN -delta END), 0) FROM account_moves "
+            "WHERE book = ? AND ref = ?", (BOOK, return_id)).fetchone()  # fmt: skip
+        return int(row[0]), int(row[1])
 
 
 def refund_points(tx: Tx, refund: Mapping[str, Any], *, time: str, ref: str, journal_seq: int, actor: str | None
@@ -461,6 +576,32 @@ def refund_points(tx: Tx, refund: Mapping[str, Any], *, time: str, ref: str, jou
     if points > 0:
         points_move(tx, str(refund["reference"]), points, time=time, op="refund", reason="return", ref=ref,
                     journal_seq=journal_seq, actor=actor)  # fmt: skip
+
+
+def discount_points_back(original: Mapping[str, Any], before: Mapping[int, Decimal], after: Mapping[int, Decimal]
+                         ) -> int:  # fmt: skip
+    """Points of a sale's points discount to give back when its refunded quantities go from ``before`` to ``after``.
+
+    Each line's share of the discount comes back with its units like the line's price
+    (cumulative, rounded down, the last unit takes the rest); the points follow the discount
+    refunded so far in proportion, rounded down once, so partial returns give back exactly
+    the points the sale used once everything came back.
+    """
+    d = original.get("points_discount") or {}
+    points, amount = int(d.get("points") or 0), int(d.get("amount") or 0)
+    if points <= 0 or amount <= 0:
+        return 0
+
+    def refunded(done: Mapping[int, Decimal]) -> int:
+        total = 0
+        for ln in original.get("lines", []):
+            share, sold = int(ln.get("points_discount") or 0), Decimal(ln["qty"])
+            qty = min(done.get(int(ln["line"]), Decimal(0)), sold)
+            if share > 0 and qty > 0:
+                total += share if qty >= sold else int(share * qty / sold)
+        return total
+
+    return max(points * refunded(after) // amount - points * refunded(before) // amount, 0)
 
 
 def points_for_refund(tender: Mapping[str, Any], part: int) -> int:

@@ -5,6 +5,10 @@ the journal sequence and a short prefix of the entry's hash, so a paper receipt
 cannot silently diverge from the ledger, and the reference printed as a barcode
 or QR code that finds the sale again for a return. The printer driver renders
 the same model to ESC/POS.
+
+Loyalty points redeemed as a discount print as their own line after the goods
+("Points redeemed: 250 pts  -2.50"); each item shows only its other discounts, and
+"Discounts" sums both. A return receipt notes the points given back and taken back.
 """
 
 from __future__ import annotations
@@ -129,6 +133,15 @@ def _tender_ref(tender: Mapping[str, Any]) -> str | None:
     return text or None
 
 
+def _points_line(doc: Mapping[str, Any]) -> tuple[ReceiptLine, ...]:
+    """The line of a points discount (its share is left out of the items' own discounts)."""
+    points = doc.get("points_discount") or {}
+    if int(points.get("points") or 0) <= 0:
+        return ()
+    return (ReceiptLine(name=f"Points redeemed: {points['points']} pts", qty="1", unit="each", unit_price=0,
+                        amount=-int(points["amount"])),)  # fmt: skip
+
+
 def sale_receipt(doc: Mapping[str, Any], currency: Currency, store: StoreInfo, *, journal_seq: int,
                  journal_hash: str, copy: int = 0) -> Receipt:  # fmt: skip
     """Build the receipt of a committed sale document."""
@@ -136,11 +149,11 @@ def sale_receipt(doc: Mapping[str, Any], currency: Currency, store: StoreInfo, *
     lines = tuple(
         ReceiptLine(
             name=ln["name"], qty=ln["qty"], unit=ln["unit"], unit_price=ln["unit_price"], amount=ln["amount"],
-            discount=ln["discount"], reasons=tuple(ln.get("promotions", ())), voided=ln["voided"],
-            note=_line_note(ln, currency),
+            discount=ln["discount"] - int(ln.get("points_discount") or 0), reasons=tuple(ln.get("promotions", ())),
+            voided=ln["voided"], note=_line_note(ln, currency),
         )
         for ln in doc["lines"]
-    )  # fmt: skip
+    ) + _points_line(doc)  # fmt: skip
     tenders = tuple(
         ReceiptTender(t["kind"].replace("_", " ").title(), t.get("tendered") or t["amount"], _tender_ref(t))
         for t in doc["tenders"]
@@ -160,8 +173,14 @@ def sale_receipt(doc: Mapping[str, Any], currency: Currency, store: StoreInfo, *
 
 
 def return_receipt(doc: Mapping[str, Any], currency: Currency, store: StoreInfo, *, journal_seq: int,
-                   journal_hash: str, copy: int = 0) -> Receipt:  # fmt: skip
-    """Build the receipt of a committed return (amounts shown as refunds)."""
+                   journal_hash: str, copy: int = 0, points_given: int | None = None, points_taken: int = 0
+                   ) -> Receipt:  # fmt: skip
+    """Build the receipt of a committed return (amounts shown as refunds).
+
+    ``points_given`` and ``points_taken`` are the loyalty points the return gave back (a points
+    tender refunded, a points discount's share) and took back (what the goods had earned, see
+    ``Loyalty.claw_back``); ``points_given`` defaults to what the document itself names.
+    """
     lines = tuple(
         ReceiptLine(name=ln["name"], qty=ln["qty"], unit=ln["unit"], unit_price=0, amount=-ln["amount"],
                     note="returned to stock" if ln["disposition"] == "restock" else "damaged")
@@ -171,7 +190,14 @@ def return_receipt(doc: Mapping[str, Any], currency: Currency, store: StoreInfo,
     tenders += tuple(ReceiptTender(t["kind"].title(), t["amount"], t.get("reference")) for t in doc["tenders"])
     original = doc.get("original_number")
     device = str(doc.get("original_device") or "")
-    note = (f"Return of receipt {sale_reference(device, int(original))}",) if original else ()
+    note: tuple[str, ...] = (f"Return of receipt {sale_reference(device, int(original))}",) if original else ()
+    if points_given is None:
+        points_given = sum(int(r.get("points") or 0) for r in doc["refunds"] if r["kind"] == "loyalty") + \
+            int((doc.get("points_back") or {}).get("points") or 0)  # fmt: skip
+    if points_given > 0:
+        note += (f"Points given back: {points_given} pts",)
+    if points_taken > 0:
+        note += (f"Points taken back: {points_taken} pts",)
     return Receipt(
         title="RETURN", store_name=store.name, address=tuple(store.address), tax_id=store.tax_id, currency=currency,
         number=int(doc["number"]), reference=f"RT-{doc['number']:06d}", staff=str(doc.get("cashier") or ""),

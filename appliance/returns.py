@@ -73,6 +73,8 @@ class ReturnPlan:
     lines: list[dict[str, Any]]
     reason: str
     id: str = field(default_factory=uuid7)
+    #: Points of the original's points discount given back with these lines (appliance.loyalty).
+    points_back: int = 0
 
     @property
     def total(self) -> int:
@@ -194,7 +196,7 @@ class Returns:
                 "amount": amount, "tax": tax, "net": amount - tax, "tax_rates": rate_tax, "tax_class": ln["tax_class"],
                 "disposition": req.disposition,
             })  # fmt: skip
-        return ReturnPlan(dict(original), lines, reason)
+        return ReturnPlan(dict(original), lines, reason, points_back=_points_back(original, done, lines))
 
     def plan_no_receipt(self, catalog: Catalog, requests: Sequence[ReturnRequest], reason: str,
                         approval: Approval, now: datetime) -> ReturnPlan:  # fmt: skip
@@ -331,7 +333,7 @@ class Returns:
                 slot["taxable"] += ln["net"]
                 slot["tax"] += amount
         original = plan.original
-        return {
+        doc: dict[str, Any] = {
             "id": plan.id,
             "original_sale_id": original["id"] if original else None,
             "original_number": original.get("number") if original else None,
@@ -352,6 +354,23 @@ class Returns:
             "tenders": list(tenders),
             "exchange_sale_id": exchange_sale_id,
         }  # fmt: skip
+        if plan.points_back > 0 and original is not None:  # a points discount's share: back onto the customer
+            doc["points_back"] = {"customer": original["points_discount"]["customer"], "points": plan.points_back}
+        return doc
+
+
+def _points_back(original: Mapping[str, Any], done: Mapping[int, tuple[Decimal, int, int]],
+                 lines: Sequence[Mapping[str, Any]]) -> int:  # fmt: skip
+    """Points of the original's points discount that come back with ``lines`` (0 without one)."""
+    if not original.get("points_discount"):
+        return 0
+    from appliance.loyalty import discount_points_back
+
+    before = {no: qty for no, (qty, _, _) in done.items()}
+    after = dict(before)
+    for ln in lines:
+        after[int(ln["line"])] = after.get(int(ln["line"]), Decimal(0)) + Decimal(ln["qty"])
+    return discount_points_back(original, before, after)
 
 
 def _split(tax: int, rates: Mapping[str, int]) -> dict[str, int]:
@@ -417,6 +436,12 @@ def write_return(tx: Tx, doc: dict[str, Any]) -> int:
             from appliance.loyalty import refund_points
 
             refund_points(tx, r, time=time, ref=doc["id"], journal_seq=entry.seq, actor=doc["cashier"])
+    if doc.get("points_back"):  # the returned lines' share of a points discount
+        from appliance.loyalty import refund_points
+
+        back = doc["points_back"]
+        refund_points(tx, {"reference": back["customer"], "points": back["points"]}, time=time, ref=doc["id"],
+                      journal_seq=entry.seq, actor=doc["cashier"])  # fmt: skip
     tx.emit(NewEvent("tillbox.return.completed", doc, subject=doc["id"]), time=time, journal_seq=entry.seq)
     if moves:
         tx.emit(NewEvent("tillbox.stock.moved", {"reason": "return", "return_id": doc["id"], "moves": moves}),

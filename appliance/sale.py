@@ -6,7 +6,9 @@ in a fixed pipeline:
 1. base amount per line (unit price x quantity, or the price embedded in a label);
 2. promotions (best for the customer, see :mod:`appliance.promotions`);
 3. manual line discounts, then a cart discount spread over the lines;
-4. tax per line on the final amounts (see :mod:`appliance.tax`).
+4. loyalty points redeemed as a discount (:class:`PointsDiscount`), spread over the lines
+   like the cart discount and capped at what they cost;
+5. tax per line on the final amounts (see :mod:`appliance.tax`).
 
 A sale records its cashier and its duration from first scan to completion.
 """
@@ -28,6 +30,8 @@ from appliance.tax import LineTax, TaxableLine, TaxPolicy, TaxResult, compute_ta
 from appliance.tenders import Tender, TenderKind
 
 _HUNDRED = Decimal(100)
+#: Department of gift card lines (``appliance.stored_value.GIFT_CARD_DEPARTMENT``): points take nothing off them.
+_GIFT_CARD = "gift_card"
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,28 @@ class Discount:
 
 
 @dataclass(frozen=True)
+class PointsDiscount:
+    """Loyalty points redeemed as a discount on the sale (secured by :mod:`appliance.loyalty`).
+
+    ``points`` were taken under movement ``move`` (``mode`` online, offline or local), each worth
+    ``value`` minor units. The sale applies as many whole points as its lines' amounts take;
+    the points it does not apply go back to the customer when it completes.
+    """
+
+    customer: str
+    points: int
+    value: int
+    move: str
+    mode: str = "local"
+    balance: int | None = None
+    actor: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.points <= 0 or self.value <= 0:
+            raise InputError("a points discount needs a positive number of points of positive value")
+
+
+@dataclass(frozen=True)
 class Override:
     """A price override, recorded with its reason."""
 
@@ -121,6 +147,7 @@ class Line:
     promo_reasons: tuple[str, ...] = ()
     manual_discount: int = 0
     cart_discount: int = 0
+    points_discount: int = 0
     net: int = 0
     tax: int = 0
     total: int = 0
@@ -162,7 +189,8 @@ class Line:
 
     @property
     def discount_total(self) -> int:
-        return self.promo_discount + self.manual_discount + self.cart_discount
+        """Every discount on the line, the share of a points discount included."""
+        return self.promo_discount + self.manual_discount + self.cart_discount + self.points_discount
 
     @property
     def amount(self) -> int:
@@ -183,6 +211,7 @@ class Totals:
     due: int
     lines: int
     items: Decimal
+    points_discount: int = 0
 
 
 @dataclass
@@ -197,12 +226,15 @@ class Sale:
     approver: str | None = None
     lines: list[Line] = field(default_factory=list)
     cart_discount: Discount | None = None
+    points_discount: PointsDiscount | None = None
     coupons: set[str] = field(default_factory=set)
     tenders: list[Tender] = field(default_factory=list)
     started_at: datetime | None = None
     completed_at: datetime | None = None
     rounding: int = 0
     state: Literal["open", "completed", "cancelled"] = "open"
+    #: Points of :attr:`points_discount` the sale applies now (fewer than taken when its lines cost less).
+    points_applied: int = field(default=0, init=False)
     _tax: TaxResult | None = field(default=None, repr=False)
     _promo: PromoResult | None = field(default=None, repr=False)
     _priced_at: datetime | None = field(default=None, repr=False)
@@ -334,6 +366,26 @@ class Sale:
         self._apply_change(now, lambda: setattr(self, "cart_discount", discount),
                            undo=lambda: setattr(self, "cart_discount", old))  # fmt: skip
 
+    def set_points_discount(self, discount: PointsDiscount | None, now: datetime) -> None:
+        """Take loyalty points off the price (or with ``None`` remove them); before any payment."""
+        self._open()
+        if discount is not None and self.points_discount is not None:
+            raise SaleError("the sale already has a points discount; remove it first")
+        if discount is not None and not any(not ln.voided for ln in self.lines):
+            raise SaleError("nothing to take points off: the cart is empty")
+        old = self.points_discount
+        self._apply_change(now, lambda: setattr(self, "points_discount", discount),
+                           undo=lambda: setattr(self, "points_discount", old))  # fmt: skip
+
+    def points_pool(self) -> int:
+        """What a points discount can take off now: the lines' amounts after every other discount, gift cards aside."""
+        return sum(self._points_weights().values())
+
+    def _points_weights(self) -> dict[str, int]:
+        amounts = {ln.key: ln.amount + ln.points_discount for ln in self.lines
+                   if not ln.voided and ln.item.department != _GIFT_CARD}  # fmt: skip
+        return {key: amount for key, amount in amounts.items() if amount > 0}
+
     def add_coupon(self, code: str, now: datetime) -> None:
         """Enter a coupon code; promotions tied to it apply from now on."""
         self._open()
@@ -369,7 +421,7 @@ class Sale:
         mode = self.policy.rounding_mode
         active = [ln for ln in self.lines if not ln.voided]
         for line in self.lines:
-            line.promo_discount = line.manual_discount = line.cart_discount = 0
+            line.promo_discount = line.manual_discount = line.cart_discount = line.points_discount = 0
             line.promo_reasons = ()
             if line.fixed_amount is not None:
                 line.base = line.fixed_amount
@@ -392,6 +444,14 @@ class Sale:
             shares = allocate(total_off, {ln.key: ln.amount for ln in active})
             for ln in active:
                 ln.cart_discount = shares.get(ln.key, 0)
+        self.points_applied = 0
+        points = self.points_discount
+        if points is not None:  # after every other discount; whole points, never more than the lines cost
+            weights = self._points_weights()
+            self.points_applied = min(points.points, sum(weights.values()) // points.value)
+            shares = allocate(self.points_applied * points.value, weights)
+            for ln in active:
+                ln.points_discount = shares.get(ln.key, 0)
         taxed = compute_tax(
             [TaxableLine(ln.key, ln.item.tax_class, ln.amount, ln.quantity, ln.item.weighed) for ln in active],
             self.policy.tax,
@@ -428,6 +488,7 @@ class Sale:
             due=tax.total_gross + self.rounding - paid,
             lines=len(active),
             items=sum((ln.quantity if not ln.item.weighed else Decimal(1) for ln in active), Decimal(0)),
+            points_discount=sum(ln.points_discount for ln in active),
         )
 
     # -- payment ---------------------------------------------------------------------------------
@@ -507,7 +568,7 @@ class Sale:
         end = self.completed_at
         duration = int((end - start).total_seconds() * 1000) if start and end else None
         change = sum(t.change for t in self.tenders)
-        return {
+        doc: dict[str, Any] = {
             "id": self.id,
             "cashier": self.cashier,
             "approver": self.approver,
@@ -545,9 +606,23 @@ class Sale:
             "tenders": [t.to_doc() for t in self.tenders],
             "change": change,
         }
+        points = self.points_discount
+        if points is not None:  # ``discount`` includes it; lines carry their share as ``points_discount``
+            doc["points_discount"] = {
+                "customer": points.customer, "points": self.points_applied, "held": points.points,
+                "value": points.value, "amount": totals.points_discount, "move": points.move, "mode": points.mode,
+            }  # fmt: skip
+            if points.balance is not None:
+                doc["points_discount"]["balance"] = points.balance
+            for ln, line_doc in zip(self.lines, doc["lines"], strict=True):
+                line_doc["points_discount"] = ln.points_discount
+        return doc
 
     def suspend(self) -> dict[str, Any]:
-        """Park an unpaid sale; the returned state resumes it with :meth:`resume`."""
+        """Park an unpaid sale; the returned state resumes it with :meth:`resume`.
+
+        A points discount is not parked: the till gives its points back (``Till.suspend``).
+        """
         self._open()
         return {
             "id": self.id,
@@ -663,6 +738,7 @@ __all__ = [
     "Discount",
     "Line",
     "Override",
+    "PointsDiscount",
     "Sale",
     "SalePolicy",
     "ScanInfo",

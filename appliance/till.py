@@ -25,7 +25,7 @@ from appliance.errors import InputError, PaymentDeclined, SaleError, TenderError
 from appliance.ledger import CommittedSale, Ledger, NewEvent, Tx
 from appliance.receipt import Receipt, StoreInfo, return_receipt, sale_receipt
 from appliance.returns import ReturnPlan, Returns, write_return
-from appliance.sale import Line, Sale, SalePolicy, ScanInfo
+from appliance.sale import Line, PointsDiscount, Sale, SalePolicy, ScanInfo
 from appliance.shifts import Shifts
 from appliance.staff import Action, Approval, LockoutPolicy, StaffStore
 from appliance.tenders import PaymentTerminal, Tender, TenderKind
@@ -181,6 +181,10 @@ class Till:
         """Pay with the loyalty points of the sale's customer (default: as many as the due amount takes)."""
         return self.loyalty.pay(sale, points)
 
+    def take_points_off(self, sale: Sale, points: int | None = None) -> PointsDiscount:
+        """Redeem the customer's points as a discount on the sale (default: as many as its lines take)."""
+        return self.loyalty.take_off(sale, points)
+
     def sell_gift_card(self, sale: Sale, amount: int, account: str | None = None) -> Line:
         """Add a gift card (new, or a top-up of ``account``) to the sale; it is credited when the sale completes."""
         return self.stored_value.card_line(sale, amount, account)
@@ -267,8 +271,9 @@ class Till:
         doc["number"] = number
         entry = self.ledger.entry(self._return_seq(doc["id"]))
         assert entry is not None
+        given, taken = self.loyalty.return_points(doc["id"])
         return doc, return_receipt(doc, self.currency, self.store_info, journal_seq=entry.seq,
-                                   journal_hash=entry.hash)  # fmt: skip
+                                   journal_hash=entry.hash, points_given=given, points_taken=taken)  # fmt: skip
 
     def exchange(self, plan: ReturnPlan, sale: Sale, approval: Approval) -> tuple[dict[str, Any], Completed]:
         """A return and a new sale in one transaction; the return's value pays the new sale first.

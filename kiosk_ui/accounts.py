@@ -4,6 +4,8 @@
 - ``GET /api/v1/accounts/loyalty/{customer}``: a customer's points;
 - ``POST /api/v1/cart/payments/stored-value``: pay the open sale with a gift card or store credit;
 - ``POST /api/v1/cart/payments/points``: pay with the attached customer's points;
+- ``POST /api/v1/sales/{sale_id}/loyalty-discount``: take the customer's points off the open sale's
+  price (a discount: the tax base goes down), ``DELETE`` to take them off again (they go back);
 - ``POST /api/v1/cart/gift-cards``: sell a gift card (or top one up) in the open sale.
 
 The shop is asked in an executor (the loop never waits on the network, and the cart is
@@ -48,6 +50,10 @@ class PointsPayIn(Strict):
     print: bool = True
 
 
+class PointsDiscountIn(Strict):
+    points: Points | None = Field(None, description="points to take off the price; null: as many as the sale takes")
+
+
 class GiftCardIn(Strict):
     amount: Minor
     account: AccountCode | None = Field(None, description="a card to top up; empty for a new card (a code is made)")
@@ -63,6 +69,27 @@ def _tender_view(daemon: Daemon, tender: Tender) -> dict[str, Any]:
     if "points" in tender.detail:
         view["points"] = int(tender.detail["points"])
     return view
+
+
+def points_discount_view(daemon: Daemon, sale: Sale | None) -> dict[str, Any] | None:
+    """The open sale's points discount for the screens; ``capped`` when the sale takes fewer points than were taken."""
+    d = None if sale is None or sale.state != "open" else sale.points_discount
+    if sale is None or d is None:
+        return None
+    used = sale.points_applied
+    view: dict[str, Any] = {"customer": d.customer, "points": used, "held": d.points, "mode": d.mode,
+                            "amount": daemon.fmt.amount(used * d.value), "capped": used < d.points}  # fmt: skip
+    if used < d.points:
+        view["message"] = (f"the sale now takes only {used} of the {d.points} points; the other {d.points - used} "
+                           "go back to the customer when it is paid")  # fmt: skip
+    return view
+
+
+def _open_sale_named(daemon: Daemon, session: Session, sale_id: str) -> Sale:
+    sale = daemon._current(session)
+    if sale.id != sale_id.strip().lower():
+        raise NotFound(f"sale {sale_id[:64]} is not the open sale of this till")
+    return sale
 
 
 async def _pay(daemon: Daemon, session: Session, what: str, plan: Callable[[Sale], R], ask: Callable[[R], Any],
@@ -132,6 +159,33 @@ def create_router(daemon: Daemon) -> APIRouter:
         loyalty = daemon.t.loyalty
         return await _pay(daemon, s, "points", lambda sale: loyalty.plan(sale, body.points), loyalty.ask,
                           loyalty.tender, body.print)  # fmt: skip
+
+    @api.post("/sales/{sale_id}/loyalty-discount", summary="Take the attached customer's points off the open "
+              "sale's price (a discount, before payment)")  # fmt: skip
+    async def take_points_off(sale_id: Annotated[str, PathParam(min_length=1, max_length=64)], body: PointsDiscountIn,
+                              s: S) -> dict[str, Any]:  # fmt: skip
+        _seller(daemon, s)
+        loyalty = daemon.t.loyalty
+        sale = _open_sale_named(daemon, s, sale_id)
+        r = loyalty.plan_discount(sale, body.points)
+        daemon.busy = "points"
+        try:
+            answer = await daemon._io(loyalty.ask, r)
+        finally:
+            daemon.busy = None
+        loyalty.discount(sale, r, answer)
+        daemon._show_total(sale.totals().total)
+        return {"points_discount": points_discount_view(daemon, sale), "cart": daemon._changed("points")}
+
+    @api.delete("/sales/{sale_id}/loyalty-discount", summary="Take the points discount off the open sale; its "
+                "points go back to the customer")  # fmt: skip
+    async def remove_points_discount(sale_id: Annotated[str, PathParam(min_length=1, max_length=64)], s: S
+                                     ) -> dict[str, Any]:  # fmt: skip
+        _seller(daemon, s)
+        sale = _open_sale_named(daemon, s, sale_id)
+        d = daemon.t.loyalty.remove_discount(sale, actor=s.actor)
+        daemon._show_total(sale.totals().total)
+        return {"points_discount": None, "released": d.points, "cart": daemon._changed("points")}
 
     @api.post("/cart/gift-cards", summary="Sell a gift card, or top one up; it is credited when the sale completes")
     async def sell_gift_card(body: GiftCardIn, s: S) -> dict[str, Any]:

@@ -195,6 +195,8 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/api/v1/customers/identify"): {"token": "eve@example.org"},
     ("POST", "/api/v1/cart/payments/stored-value"): {"account": "GC-AAAA-BBBB"},
     ("POST", "/api/v1/cart/payments/points"): {},
+    ("POST", "/api/v1/sales/{sale_id}/loyalty-discount"): {"points": 10},
+    ("DELETE", "/api/v1/sales/{sale_id}/loyalty-discount"): None,
     ("POST", "/api/v1/cart/gift-cards"): {"amount": 1000},
     ("POST", "/api/v1/customers/identify/badge"): {"timeout": 1},
     ("POST", "/api/v1/customers/register"): {"name": "Eve Example", "email": "eve@example.org"},

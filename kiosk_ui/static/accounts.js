@@ -66,6 +66,43 @@ function payPoints() {
   });
 }
 
+// Points off the price (a discount: the tax base goes down), or taking them off again.
+async function pointsOff() {
+  let cart;
+  try { cart = await api("/cart"); } catch (e) { notice(e.message); return; }
+  if (!cart.id || !cart.lines.length) { notice("The cart is empty"); return; }
+  const path = `/sales/${encodeURIComponent(cart.id)}/loyalty-discount`;
+  const d = cart.points_discount;
+  if (d) {
+    const dlg = modal("Points off the price", h("div", {},
+      h("p", {}, `${d.points} points take ${d.amount.text} off this sale.`),
+      h("div", { class: "row" },
+        h("button", { type: "button", class: "danger", onclick: async () => {
+          dlg.close();
+          try {
+            const res = await api(path, { method: "DELETE" });
+            notice(`Points discount removed: ${res.released} points go back to the customer`, "info");
+          } catch (e) { notice(e.message); }
+        } }, "Remove the points discount"),
+        h("button", { type: "button", onclick: () => dlg.close() }, "Keep it"))), { onClose: focusCode });
+    dlg.querySelector("button.danger").focus();
+    return;
+  }
+  ask("Points off the price", [{ label: "Points (empty: as many as the sale takes)", mode: "numeric" }], async ([points], msg) => {
+    const body = { points: null };
+    if (points) {
+      if (!/^\d{1,9}$/.test(points)) { announce(msg, "Enter a whole number of points", "error"); return false; }
+      body.points = Number(points);
+    }
+    announce(msg, "Asking the shop…", "info");
+    const res = await api(path, { method: "POST", body });
+    const p = res.points_discount;
+    const offline = p.mode === "offline" ? " (taken offline: the shop will confirm it)" : "";
+    notice(`${p.points} points: ${p.amount.text} off${offline}`, p.mode === "offline" ? "error" : "info");
+    return true;
+  });
+}
+
 function balance() {
   const out = h("p", { role: "status", id: "balance-result" });
   ask("Balance check", [{ label: "Card or credit number (scan it)" }], async ([account]) => {
@@ -88,7 +125,7 @@ function sellGiftCard() {
     });
 }
 
-const BUTTONS = { "b-giftcard": payStoredValue, "b-points": payPoints, "b-balance": balance, "b-sell-card": sellGiftCard };
+const BUTTONS = { "b-giftcard": payStoredValue, "b-points": payPoints, "b-points-off": pointsOff, "b-balance": balance, "b-sell-card": sellGiftCard };
 for (const [id, fn] of Object.entries(BUTTONS)) {
   const b = document.getElementById(id);
   if (b) b.addEventListener("click", () => {
@@ -99,7 +136,7 @@ for (const [id, fn] of Object.entries(BUTTONS)) {
 
 document.addEventListener("keydown", (ev) => {
   if (!state.token || $("#till").classList.contains("hidden") || document.querySelector("dialog[open]")) return;
-  const map = { "Ctrl+g": payStoredValue, "Ctrl+o": payPoints, "Ctrl+b": balance, "Ctrl+k": sellGiftCard };
+  const map = { "Ctrl+g": payStoredValue, "Ctrl+o": payPoints, "Ctrl+i": pointsOff, "Ctrl+b": balance, "Ctrl+k": sellGiftCard };
   const fn = map[(ev.ctrlKey ? "Ctrl+" : "") + ev.key];
   if (fn) { ev.preventDefault(); fn(); }
 });
