@@ -26,6 +26,8 @@ def render_report(report: dict[str, Any], currency: Currency, width: int = 42) -
     out.append(row(f"Returns ({report['returns']['count']})", "-" + m(report["returns"]["total"])))
     out.append(row("Net sales", m(report["net_sales"])))
     out.append(row("Discounts given", m(report["discounts"])))
+    if report.get("points_discounts"):  # reports from before points discounts have no such key
+        out.append(row("  of which loyalty points", m(report["points_discounts"])))
     out.append("Tax by rate")
     out.extend(row(f"  {t['name']} {t['percent']}% on {m(t['taxable'])}", m(t["tax"])) for t in report["taxes"])
     out.append("Tenders")

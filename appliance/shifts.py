@@ -166,7 +166,7 @@ def build_report(
     """Aggregate journal entries of a shift into an X report."""
     sales = returns = voided_sales = voided_lines = overrides = no_sales = 0
     sales_total = returns_total = discounts = voided_lines_amount = voided_sales_total = 0
-    net = tax_total = 0
+    net = tax_total = points_discounts = 0
     durations: list[int] = []
     taxes: dict[str, dict[str, Any]] = {}
     tenders: dict[str, int] = {}
@@ -186,6 +186,7 @@ def build_report(
             sales += 1
             sales_total += doc["total"]
             discounts += doc["discount"]
+            points_discounts += (doc.get("points_discount") or {}).get("amount", 0)
             net += doc["net"]
             tax_total += doc["tax"]
             add_taxes(doc["taxes"], 1)
@@ -246,6 +247,7 @@ def build_report(
         "returns": {"count": returns, "total": returns_total},
         "net_sales": sales_total - returns_total,
         "discounts": discounts,
+        "points_discounts": points_discounts,
         "net": net,
         "tax": tax_total,
         "taxes": [taxes[k] for k in sorted(taxes)],

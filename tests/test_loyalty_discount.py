@@ -381,6 +381,25 @@ def test_the_receipt_shows_the_points_redeemed_on_their_own_line(till: Till) -> 
     assert "Points redeemed: 50 pts" in to_text(render_receipt(receipt, PrinterProfile()))
 
 
+def test_the_shift_report_shows_the_points_part_of_the_discounts(till: Till) -> None:
+    from appliance.reports import render_report
+
+    till.loyalty.remember({"customer": CUSTOMER, "points": 1_000})
+    sale = _sale(till, BOOK, WINE)
+    sale.discount_line(1, Discount(amount=49, reason="scuffed"), till.clock.now())
+    till.take_points_off(sale, 50)
+    _pay_rest(till, sale)
+    _pay_rest(till, _sale(till, BOOK))  # no discount at all
+    report = till.shifts.report()
+    assert (report["discounts"], report["points_discounts"]) == (299, 250)
+    text = render_report(report, EUR)
+    assert re.search(r"^Discounts given +2\.99$", text, re.M) and re.search(
+        r"^  of which loyalty points +2\.50$", text, re.M
+    )
+    plain = {**report, "points_discounts": 0}
+    assert "loyalty points" not in render_report(plain, EUR)
+
+
 def test_a_return_receipt_prints_the_points_taken_back_of_a_sale_paid_in_cash(till: Till) -> None:
     sale = _sale(till, BOOK, BOOK)  # 6.98 earns 13
     done = _pay_rest(till, sale)
