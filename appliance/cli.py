@@ -148,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     ui_.add_argument("--root", type=Path, default=Path("/opt/tillbox"))
     ui_.add_argument("--keys", type=Path, default=Path("/etc/tillbox/update-keys"), help="directory of *.pem")
     ui_.add_argument("--force", action="store_true", help="install even during an open sale or shift")
+    ua = upd.add_parser("apply-ready", parents=[common], help="install the newest fetched bundle once idle (root)")
+    ua.add_argument("--root", type=Path, default=Path("/opt/tillbox"))
+    ua.add_argument("--keys", type=Path, default=Path("/etc/tillbox/update-keys"), help="directory of *.pem")
+    ua.add_argument("--systemctl", default="systemctl", help="the systemctl to restart the daemon and run the gate")
+    ua.add_argument("--no-restart", action="store_true", help="install only: no daemon restart, no gate run")
     ug = upd.add_parser("gate", parents=[common], help="confirm a pending version, or roll it back")
     ug.add_argument("--root", type=Path, default=Path("/opt/tillbox"))
     ug.add_argument("--url", default="http://127.0.0.1:8080/api/v1/health")
@@ -547,6 +552,27 @@ def cmd_update_install(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_update_apply_ready(args: argparse.Namespace) -> int:
+    """``tillbox update apply-ready``: what tillbox-update-apply.service runs (appliance/update_fetch.py)."""
+    from datetime import UTC, datetime
+
+    from appliance.clock import iso_utc
+    from appliance.update import Installer, load_public_keys, trading
+    from appliance.update_fetch import apply_ready, systemctl_restart
+
+    keys = load_public_keys(sorted(args.keys.glob("*.pem")))
+    if not keys:
+        raise InputError(f"no trusted update keys in {args.keys}")
+    restart = (lambda: None) if args.no_restart else systemctl_restart(args.systemctl)
+    done = apply_ready(args.data_dir, Installer(args.root), keys, busy=lambda: trading(args.data_dir),
+                       restart=restart, now=lambda: iso_utc(datetime.now(UTC)))  # fmt: skip
+    if done.state in ("refused", "failed"):
+        print(f"tillbox: error: {done.message}", file=sys.stderr)
+        return EXIT_ERROR
+    print(done.message)
+    return 0
+
+
 def cmd_update_gate(args: argparse.Namespace) -> int:
     from appliance.ledger import verify
     from appliance.update import Installer
@@ -668,6 +694,7 @@ COMMANDS = {
     ("enroll-token", None): cmd_enroll_token,
     ("update", "build"): cmd_update_build,
     ("update", "install"): cmd_update_install,
+    ("update", "apply-ready"): cmd_update_apply_ready,
     ("update", "gate"): cmd_update_gate,
     ("health", None): cmd_health,
     ("config", "check"): cmd_config_check,

@@ -1154,6 +1154,43 @@ class ReceiptSection(Table):
     )
 
 
+def _check_absolute_path(value: str) -> str | None:
+    path = PurePosixPath(value)
+    if not path.is_absolute() or ".." in path.parts or any(c.isspace() for c in value):
+        return "is not an absolute path"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpdateSection(Table):
+    """[update]: fetching the signed update bundles the shop offers (docs/image.md, "Delivering updates")."""
+
+    fetch: bool = boolean("Download the update bundles the shop offers over sync; a root service installs them "
+                          "once the till is idle (needs sync).", True)  # fmt: skip
+    keys_dir: str = text("Directory of the trusted ed25519 public keys (*.pem) a fetched bundle must be signed "
+                         "with.", "/etc/tillbox/update-keys", check=_check_absolute_path,
+                         allowed="an absolute path")  # fmt: skip
+    allow_http: bool = boolean("Accept http:// bundle URLs too (no transport security; the hash and signature are "
+                               "still checked). https:// is always accepted, with the server's certificate "
+                               "verified.", False)  # fmt: skip
+    tls_ca_file: str = text("CA bundle (PEM) in the data directory for https:// downloads; empty uses the system "
+                            "CAs.", "", check=_check_optional_file,
+                            allowed="a file name in the data directory")  # fmt: skip
+    max_bytes: int = integer("Largest bundle downloaded, in bytes (an offer may name a smaller size).", 536_870_912,
+                             lo=1_048_576, hi=4_294_967_296)  # fmt: skip
+    keep_free_mb: int = integer("Megabytes that must stay free on the data partition after a download (the ledger "
+                                "needs room).", 256, lo=0, hi=65536)  # fmt: skip
+    retries: int = integer("Times a download that failed on the network is tried again before it is given up "
+                           "(until the offer comes again).", 5, lo=0, hi=20)  # fmt: skip
+    retry_seconds: int = integer("Wait before the first retry, in seconds; it doubles each time, up to an hour.", 30,
+                                 lo=1, hi=3600)  # fmt: skip
+    timeout_seconds: int = integer("Network timeout of a download (connecting, and each read), in seconds.", 30,
+                                   lo=1, hi=600)  # fmt: skip
+    install_root: str = text("Where the installed versions are: read for the running version and the versions that "
+                             "failed their health gate.", "/opt/tillbox", check=_check_absolute_path,
+                             allowed="an absolute path")  # fmt: skip
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config(Table):
     """The whole validated configuration. Build it with :func:`parse_config` or :func:`load_config`."""
@@ -1177,6 +1214,7 @@ class Config(Table):
     devices: DevicesSection = section(DevicesSection, "Peripheral devices.")
     sync: SyncSection = section(SyncSection, "Synchronisation with the store server over MQTT.")
     ui: UiSection = section(UiSection, "The kiosk user interface.")
+    update: UpdateSection = section(UpdateSection, "Fetching the update bundles the shop offers.")
 
     @classmethod
     def defaults(cls) -> Config:

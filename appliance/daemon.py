@@ -1425,6 +1425,7 @@ class Daemon:
         return {"tillbox": __version__, "python": sys.version.split()[0], "sqlite": sqlite3.sqlite_version,
                 "ledger_schema": self.t.ledger.schema_version, "packages": deps,
                 "provisioning": self._provisioning(),
+                "update": None if self.sync is None or self.sync.updates is None else self.sync.updates.last,
                 "uptime_s": int(time.monotonic() - (self.started_at or time.monotonic()))}  # fmt: skip
 
     def config_view(self, session: Any) -> dict[str, Any]:

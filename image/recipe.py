@@ -474,11 +474,12 @@ def root_links(arch: str) -> dict[str, str]:
     return links
 
 
-#: Units enabled in the image (the tillbox ones come from ``systemd/``).
+#: Units enabled in the image (the tillbox ones come from ``systemd/`` and ``image/units/``).
 ENABLE = ("systemd-networkd.service", "systemd-resolved.service", "systemd-timesyncd.service",
           "tillbox.service", "tillbox-provision.service", "tillbox-kiosk.service", "tillbox-update-gate.service",
           "tillbox-settings.service", "tillbox-grow-data.service", "tillbox-lab-http.socket",
-          "tillbox-lab-report.service", "tillbox-lab-update.service")  # fmt: skip
+          "tillbox-lab-report.service", "tillbox-lab-update.service",
+          "tillbox-update-apply.path", "tillbox-update-apply.timer")  # fmt: skip
 #: Units that make no sense on a read-only appliance root.
 MASK = ("systemd-firstboot.service", "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer",
         "e2scrub_reap.service")  # fmt: skip

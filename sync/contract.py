@@ -24,7 +24,7 @@ SPECVERSION: Final = "1.0"
 CONTENT_TYPE: Final = "application/cloudevents+json"
 DATA_CONTENT_TYPE: Final = "application/json"
 DEVICE_CLASSES: Final = ("evt", "state", "status", "cmd", "res", "cfg", "req")
-STORE_KINDS: Final = ("catalog", "promotions", "stock", "orders")
+STORE_KINDS: Final = ("catalog", "promotions", "stock", "orders", "update")
 TYPE_PREFIX: Final = "tillbox."
 #: The reference hub's own topics (its retained status, and the responses to its commands).
 HUB_PREFIX: Final = "tillbox/hub"

@@ -13,8 +13,8 @@
   orders it published, so a till can take a return of a sale it does not have;
 - tracks the refunds every till reports (``tillbox.return.completed``) and raises a
   ``returns.over_refunded`` alert when a line has been refunded more than it sold;
-- publishes catalog snapshots and deltas, promotions, desired config, pickup orders
-  and commands.
+- publishes catalog snapshots and deltas, promotions, desired config, pickup orders,
+  update offers and commands.
 
 Like the till's service it runs on one thread that owns the MQTT link and the
 database writes; other threads use :meth:`Hub.call` or the public methods, which go
@@ -740,6 +740,31 @@ class Hub(LinkWorker):
             version = self._counter(f"config/{store}/{device}", bump=True)
             body = {"version": version, "values": dict(values)}
             self.link.publish(f"{PREFIX}/{store}/{device}/cfg/desired", json.dumps(body).encode(), retain=True)
+            return version
+
+        return self._sync(run)
+
+    def offer_update(
+        self, store: str, release: str, url: str, sha256: str, size: int, devices: Sequence[str] | None = None,
+        *, not_before: str | None = None,
+    ) -> int:  # fmt: skip
+        """Offer a signed update bundle to the tills of a store (retained ``update/offer``); returns its version.
+
+        ``devices`` limits it to some tills (None: all). Each till fetches and checks it and reports on
+        its ``status/update``; root installs it once the till is idle (docs/image.md, "Delivering updates").
+        """
+
+        def run() -> int:
+            version = self._doc(store, "update")[0] + 1
+            doc: dict[str, Any] = {"version": version, "release": release, "url": url, "sha256": sha256.lower(),
+                                   "size": size, "time": self._now()}  # fmt: skip
+            if devices is not None:
+                doc["devices"] = list(devices)
+            if not_before is not None:
+                doc["not_before"] = not_before
+            validate("update-offer", doc)
+            self._put_doc(store, "update", version, doc)
+            self._republish(store, "update/offer", "update")
             return version
 
         return self._sync(run)

@@ -37,7 +37,9 @@ ALERT_REJECTED: Final = "sync.inbound_rejected"
 #: Dead letters keep at most this much of a rejected payload.
 KEEP_BYTES: Final = 65536
 #: Config keys the shop may never set remotely (the ledger's identity, location and currency).
-PROTECTED_KEYS: Final = ("store.id", "store.device_id", "ledger.path", "currency.code")
+#: ``update.keys_dir`` and ``update.install_root`` decide which bundles the till trusts and what it runs.
+PROTECTED_KEYS: Final = ("store.id", "store.device_id", "ledger.path", "currency.code", "update.keys_dir",
+                         "update.install_root")
 
 
 class Rejected(InputError):
@@ -117,8 +119,10 @@ class Inbound:
         clock: Clock,
         on_change: Callable[[str], None] = lambda kind: None,
         report_config: Callable[[dict[str, Any]], None] = lambda doc: None,
+        on_offer: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.ledger = ledger
+        self.on_offer = on_offer  # update offers go here (appliance/update_fetch.py); None: not subscribed
         self.policy = policy
         self.clock = clock
         self.on_change = on_change
@@ -140,6 +144,7 @@ class Inbound:
             f"{s}orders/+",
             f"{d}cfg/desired",
             f"{s}customers/revoked",
+            *([f"{s}update/offer"] if self.on_offer is not None else []),
         ]
 
     def parse(self, topic: str, payload: bytes, schema: str) -> dict[str, Any]:
@@ -191,6 +196,8 @@ class Inbound:
             self.order(name, self.parse(topic, payload, "pickup-order"))
         elif kind == "customers" and name == "revoked":
             self.customers_revoked(self.parse(topic, payload, "customers-revoked"))
+        elif kind == "update" and name == "offer" and self.on_offer is not None:
+            self.update_offer(self.parse(topic, payload, "update-offer"))
         else:
             raise Rejected(f"unexpected topic {topic}")
 
@@ -367,6 +374,20 @@ class Inbound:
             if dropped:
                 tx.journal("customers.revoked", {"version": version, "dropped": dropped}, time=now)
         self.on_change("customers")
+
+    def update_offer(self, doc: dict[str, Any]) -> None:
+        """Record the shop's update offer and hand it to the fetcher, also when it is the known version.
+
+        The fetcher decides (offers for other tills, releases running, fetched or refused are ignored
+        there); the retained copy that comes with every reconnect retries a download that gave up.
+        """
+        assert self.on_offer is not None
+        version = int(doc["version"])
+        if self._check_version("update offer", doc_version(self.ledger, "update-offer"), version):
+            now = iso_utc(self.clock.now())
+            with self.ledger.transaction("storing an update offer") as tx:
+                self._set_doc(tx.conn, "update-offer", version, canonical_json(doc), now)
+        self.on_offer(doc)
 
     def config(self, doc: dict[str, Any]) -> None:
         version = int(doc["version"])

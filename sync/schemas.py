@@ -32,6 +32,8 @@ _VERSION = {"type": "integer", "minimum": 1, "maximum": 2**53 - 1}
 _SEQ = {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}
 _SLUG = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9-]{0,31}$"}
 _TEXT = {"type": "string", "maxLength": 200}
+#: An update bundle's version (appliance.update checks the same rule).
+_RELEASE = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}$"}
 
 
 def _obj(props: Mapping[str, Any], required: Sequence[str] = (), **extra: Any) -> dict[str, Any]:
@@ -68,6 +70,21 @@ _SALE_LINE = {
         "line": {"type": "integer", "minimum": 1}, "sku": _SKU, "name": _TEXT, "qty": _QTY,
         "unit_price": _MINOR, "amount": _MINOR, "discount": _MINOR, "tax": _MINOR, "total": _MINOR,
         "tax_class": {"type": "string"}, "voided": {"type": "boolean"},
+        "points_discount": {**_MINOR, "minimum": 0,
+                            "description": "The line's share of the sale's points discount (part of discount)."},
+    },
+}  # fmt: skip
+
+#: Loyalty points redeemed as a discount (docs/accounts.md): ``amount`` is part of the sale's ``discount``.
+_POINTS_DISCOUNT = {
+    "type": "object", "required": ["customer", "points", "held", "value", "amount", "move", "mode"],
+    "properties": {
+        "customer": {"type": "string", "minLength": 1, "maxLength": 64},
+        "points": {"type": "integer", "minimum": 0, "description": "Points the sale used."},
+        "held": {"type": "integer", "minimum": 1, "description": "Points taken; those not used went back."},
+        "value": {"type": "integer", "minimum": 1, "description": "Minor units per point."},
+        "amount": {**_MINOR, "minimum": 0}, "move": {"type": "string", "maxLength": 64},
+        "mode": {"enum": ["online", "offline", "local"]}, "balance": {"type": "integer"},
     },
 }  # fmt: skip
 
@@ -85,7 +102,7 @@ _SALE = {
             "properties": {"kind": {"type": "string"}, "amount": _MINOR},
         }},
         "subtotal": _MINOR, "discount": _MINOR, "tax": _MINOR, "total": _MINOR, "rounding": _MINOR,
-        "change": _MINOR,
+        "change": _MINOR, "points_discount": _POINTS_DISCOUNT,
     },
 }  # fmt: skip
 
@@ -286,6 +303,10 @@ EVENT_DATA: Final[dict[str, dict[str, Any]]] = {
                 "properties": {"line": {"type": ["integer", "null"]}, "sku": _SKU, "qty": _POS_QTY, "amount": _MINOR,
                                "tax": _MINOR},
             }},
+            "points_back": {"type": "object", "required": ["customer", "points"],
+                            "description": "Points of the sale's points discount given back with the lines.",
+                            "properties": {"customer": {"type": "string", "minLength": 1, "maxLength": 64},
+                                           "points": {"type": "integer", "minimum": 1}}},
         },
     },
     "tillbox.catalog.snapshot_requested": _obj(
@@ -521,6 +542,23 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
                                 "balance after it.", _obj(
         {"move_id": _UUID_ANY, "op": _LOYALTY_OP, "customer": _CUSTOMER, "delta": _DELTA,
          "balance": {"type": "integer"}}, ["move_id", "op", "customer", "delta", "balance"])),
+    "update-offer": _doc("update-offer", "A signed update bundle the shop offers the tills of a store (retained); "
+                         "see docs/image.md, Delivering updates.", _obj(
+        {"version": _VERSION, "release": _RELEASE, "url": {"type": "string", "maxLength": 2048,
+                                                           "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^\\s]+$"},
+         "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "Hex SHA-256 of the bundle."},
+         "size": {"type": "integer", "minimum": 1, "maximum": 4_294_967_296, "description": "The bundle's bytes."},
+         "devices": {"type": "array", "minItems": 1, "maxItems": 1000, "uniqueItems": True, "items": _SLUG,
+                     "description": "The tills it is for; absent: every till of the store."},
+         "not_before": {**_TIME, "description": "Tills do not download it before this instant."},
+         "time": _TIME},
+        ["version", "release", "url", "sha256", "size"])),
+    "update-status": _doc("update-status", "Where a till is with an offered update (retained).", _obj(
+        {"release": _RELEASE, "state": {"enum": ["downloading", "ready", "refused", "installed", "failed",
+                                                 "rolled_back"]},
+         "error": {"type": "string", "maxLength": 1000}, "attempt": {"type": "integer", "minimum": 1},
+         "time": _TIME},
+        ["release", "state", "time"])),
 }  # fmt: skip
 
 

@@ -31,6 +31,7 @@ from appliance.clock import Clock, SystemClock, iso_utc
 from appliance.config import Config
 from appliance.errors import ConfigError, DeviceUnavailable, InputError, NotFound, SaleError, TillboxError
 from appliance.ledger import Ledger
+from appliance.update_fetch import FetchOptions, UpdateFetcher
 from sync import reconcile, rpc
 from sync.contract import HUB_PREFIX, PREFIX, device_topic
 from sync.inbound import Inbound, InboundPolicy, Rejected, doc_version
@@ -134,6 +135,7 @@ class SyncService(LinkWorker):
         on_change: Callable[[str], None] = lambda kind: None,
         health: Callable[[], Mapping[str, str]] = dict,
         config_report: Mapping[str, Any] | None = None,
+        updates: FetchOptions | None = None,
     ) -> None:
         self.options = options or SyncOptions()
         self.clock = clock or SystemClock()
@@ -157,9 +159,15 @@ class SyncService(LinkWorker):
                 self.ledger, self._publish_event, clock=self.clock, window=self.options.window,
                 ack_timeout=self.options.ack_timeout,
             )  # fmt: skip
+            #: Fetches the update bundles the shop offers (docs/image.md, "Delivering updates"); None: off.
+            self.updates = None if updates is None else UpdateFetcher(
+                updates, device=device, clock=self.clock,
+                report=lambda doc: self.call(lambda: self._publish_update_status(doc)),
+            )  # fmt: skip
             self.inbound = Inbound(
-                self.ledger, policy, clock=self.clock, on_change=self._changed, report_config=self._report_config
-            )
+                self.ledger, policy, clock=self.clock, on_change=self._changed, report_config=self._report_config,
+                on_offer=None if self.updates is None else self._update_offer,
+            )  # fmt: skip
             self._last_state: dict[str, Any] | None = None
             now = self.clock.monotonic()
             self._next_health = now
@@ -191,6 +199,7 @@ class SyncService(LinkWorker):
             max_price=config.sale.max_line_amount, max_bytes=config.sync.max_inbound_bytes,
         )  # fmt: skip
         kw.setdefault("options", options_from_config(config))
+        kw.setdefault("updates", FetchOptions.from_config(config, data_dir) if config.update.fetch else None)
         return cls(
             config.ledger_path(data_dir), store=config.store.id, device=config.store.device_id,
             link=link or settings_from_config(config, data_dir, brokers), policy=policy, clock=clock, **kw,
@@ -222,6 +231,8 @@ class SyncService(LinkWorker):
 
     def close(self) -> None:
         """Stop the loop, wait for it, close the ledger; idempotent."""
+        if self.updates is not None:
+            self.updates.close()
         self._join()
         self.ledger.close()
 
@@ -263,6 +274,8 @@ class SyncService(LinkWorker):
             self._config_report = None
         self._last_state = None
         self.publish_state()
+        if self.updates is not None and self.updates.last is not None:
+            self._publish_update_status(self.updates.last)
         self.relay.connected()
 
     def _disconnected(self) -> None:
@@ -483,6 +496,21 @@ class SyncService(LinkWorker):
     def _report_config(self, doc: dict[str, Any]) -> None:
         self.link.publish(self._topic("cfg", "reported"), json.dumps(doc).encode(), retain=True)
 
+    def _update_offer(self, doc: dict[str, Any]) -> None:
+        assert self.updates is not None
+        ignored = self.updates.offer(doc)
+        if ignored:
+            log.debug("update offer %s ignored: %s", doc["release"], ignored)
+
+    def _publish_update_status(self, doc: Mapping[str, Any]) -> None:
+        """The retained ``status/update`` (appliance/update_fetch.py reports every step)."""
+        try:
+            validate("update-status", doc)
+        except InputError as exc:
+            log.warning("update status not published: %s", exc)
+            return
+        self.link.publish(self._topic("status", "update"), json.dumps(doc).encode(), retain=True)
+
     def _changed(self, kind: str) -> None:
         try:
             self._on_change(kind)
@@ -502,6 +530,8 @@ class SyncService(LinkWorker):
             self.check_link()
             self.check_catalog()
             self._forget_lookups()
+            if self.updates is not None:
+                self.updates.check_result()
             self.publish_state()
         if now >= self._next_prune:
             self._next_prune = now + self.options.prune_interval

@@ -316,6 +316,37 @@ def test_lab_update_runs_only_in_a_virtual_machine_in_the_lab() -> None:
     assert "tillbox-lab-update.service" in recipe.ENABLE
 
 
+def test_fetched_updates_are_applied_by_root_when_ready_and_every_10_minutes(tmp_path: Path) -> None:
+    units = {}
+    for suffix in ("path", "timer", "service"):
+        unit = configparser.ConfigParser(strict=False, interpolation=None)
+        unit.optionxform = str  # type: ignore[assignment,method-assign]
+        unit.read(ROOT / "image" / "units" / f"tillbox-update-apply.{suffix}")
+        units[suffix] = unit
+    ready = f"{recipe.DATA_DIR}/updates/ready"
+    assert units["path"]["Path"]["PathChanged"] == ready
+    assert units["path"]["Path"]["Unit"] == units["timer"]["Timer"]["Unit"] == "tillbox-update-apply.service"
+    assert units["timer"]["Timer"]["OnCalendar"] == "*:0/10"
+    service = units["service"]
+    assert service["Unit"]["ConditionDirectoryNotEmpty"] == ready, "nothing to do while nothing is ready"
+    assert service["Service"]["User"] == "root" and service["Service"]["Type"] == "oneshot"
+    assert service["Service"]["ExecStart"].split()[1:] == ["update", "apply-ready", "--data-dir", recipe.DATA_DIR]
+    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp"):  # as the gate unit, which also remounts the root
+        assert service["Service"][key] == "yes", key
+    assert {"tillbox-update-apply.path", "tillbox-update-apply.timer"} <= set(recipe.ENABLE)
+    assert "tillbox-update-apply.service" in build.install_units(tmp_path)
+    if shutil.which("systemd-analyze"):
+        for suffix in units:
+            name = f"tillbox-update-apply.{suffix}"
+            text = (ROOT / "image" / "units" / name).read_text().replace(f"{recipe.INSTALL_ROOT}/current/bin/tillbox",
+                                                                          "/bin/sh")  # fmt: skip
+            (tmp_path / name).write_text(text)
+        out = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / f"tillbox-update-apply.{s}")
+                                                             for s in units)],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+        assert [ln for ln in (out.stdout + out.stderr).splitlines() if "tillbox-update-apply" in ln] == []
+
+
 def test_update_gate_unit_judges_a_version_whose_daemon_fails() -> None:
     unit = _unit("tillbox-update-gate.service")
     assert "Requires" not in unit["Unit"], "a dependency failure would skip the gate, and the rollback with it"

@@ -194,3 +194,21 @@ def test_the_enrollment_listener_allows_only_enrollment(topology: Topology) -> N
     finally:
         anonymous.close()
     Probe(topology, None, refused=True).close()  # and the till listener wants a certificate
+
+
+def test_the_store_broker_lets_tills_read_and_bridges_in_every_store_document(demo_till: Till) -> None:
+    """Each store-wide topic a till subscribes to is readable under the ACL and bridged in from central."""
+    from sync.inbound import Inbound, InboundPolicy
+
+    policy = InboundPolicy(currency=demo_till.currency, tax_classes=tuple(demo_till.config.tax.classes))
+    inbound = Inbound(demo_till.ledger, policy, clock=demo_till.clock, on_offer=lambda doc: None)
+    acl = [ln.split() for ln in (TEMPLATES / "store.acl.in").read_text().splitlines() if ln.startswith("pattern")]
+    bridge = [ln.split() for ln in (TEMPLATES / "store.conf.in").read_text().splitlines() if ln.startswith("topic")]
+    readable = [topic for mode, access, topic in acl if access in ("read", "readwrite")]
+    bridged_in = [parts[1] for parts in bridge if parts[2] == "in"]
+    store_wide = [t for t in inbound.topics() if t.split("/")[3] != demo_till.ledger.device_id]
+    assert any("update/offer" in t for t in store_wide) and any("customers/revoked" in t for t in store_wide)
+    for topic in store_wide:
+        kind = topic.split("/")[3]
+        assert f"tillbox/v1/${{TILLBOX_STORE}}/{kind}/#" in readable, topic
+        assert f"tillbox/v1/${{TILLBOX_STORE}}/{kind}/#" in bridged_in, topic
