@@ -1090,7 +1090,10 @@ class OrdersSection(Table):
                              True)  # fmt: skip
     keep_personal_days: int = integer(
         "Days after an order closed (collected, shipped, expired, cancelled) that this till keeps the customer's "
-        "name, address and note on it; then they are dropped.", 30, lo=1, hi=3650
+        "name, address and note on it; then they are dropped.",
+        30,
+        lo=1,
+        hi=3650,
     )
 
 

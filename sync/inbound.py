@@ -38,8 +38,14 @@ ALERT_REJECTED: Final = "sync.inbound_rejected"
 KEEP_BYTES: Final = 65536
 #: Config keys the shop may never set remotely (the ledger's identity, location and currency).
 #: ``update.keys_dir`` and ``update.install_root`` decide which bundles the till trusts and what it runs.
-PROTECTED_KEYS: Final = ("store.id", "store.device_id", "ledger.path", "currency.code", "update.keys_dir",
-                         "update.install_root")
+PROTECTED_KEYS: Final = (
+    "store.id",
+    "store.device_id",
+    "ledger.path",
+    "currency.code",
+    "update.keys_dir",
+    "update.install_root",
+)
 
 
 class Rejected(InputError):
