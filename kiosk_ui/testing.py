@@ -4,7 +4,8 @@
 ...     httpx.get(running.url + "/api/v1/health")
 
 The daemon binds 127.0.0.1 on a free port. Leaving the ``with`` block stops the server,
-closes the devices and the ledger, and joins the thread.
+closes the devices and the ledger, and joins the thread. :func:`chromium_page` opens the
+screens in Debian's Chromium through Playwright (never a downloaded browser).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 from appliance.daemon import Daemon, serve
@@ -137,3 +140,41 @@ def leftover_threads(before: set[int | None], *, ignore: str = "", wait: float =
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(0.05)
+
+
+#: Debian's Chromium (``apt install chromium``); ``TILLBOX_CHROMIUM`` points elsewhere.
+CHROMIUM = Path(os.environ.get("TILLBOX_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run")  # fmt: skip
+
+
+@contextlib.contextmanager
+def chromium_page(browser: Any = None, *, width: int = 1280, height: int = 800) -> Iterator[Any]:
+    """A Playwright page in a new context (of ``browser``, else of a Chromium started here).
+
+    Raises AssertionError on leaving when the page threw JavaScript errors.
+    """
+    errors: list[str] = []
+    with contextlib.ExitStack() as stack:
+        if browser is None:
+            from playwright.sync_api import sync_playwright
+
+            pw = stack.enter_context(sync_playwright())
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=list(CHROMIUM_ARGS))
+            stack.callback(browser.close)
+        context = browser.new_context(viewport={"width": width, "height": height})
+        stack.callback(context.close)
+        page = context.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.set_default_timeout(10_000)
+        yield page
+    assert not errors, f"JavaScript errors: {errors}"
+
+
+def log_in(page: Any, url: str, staff: str = "ann", pin: str = "1234") -> None:
+    """Open the cashier screen at ``url`` and log in with a PIN; returns once the till shows."""
+    page.goto(url + "/cashier")
+    page.fill("#staff-id", staff)
+    page.fill("#pin", pin)
+    page.click("#login-form button[type=submit]")
+    page.wait_for_selector("#till:not(.hidden)")

@@ -21,14 +21,11 @@ from appliance.config import parse_config
 from appliance.daemon import Daemon, Inputs, managed_devices
 from appliance.demo import DEMO_DEVICES
 from appliance.ledger import verify
-from kiosk_ui.testing import DaemonThread, demo_prepare, leftover_threads
+from kiosk_ui.testing import CHROMIUM, CHROMIUM_ARGS, DaemonThread, chromium_page, demo_prepare, leftover_threads
 
-CHROMIUM = os.environ.get("TILLBOX_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 WATER, PEN, MILK, WINE = "4006381333931", "4006381000130", "4012345678901", "4006040014003"
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt install chromium)")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (apt install chromium)")
 
 
 @pytest.fixture(scope="module")
@@ -36,21 +33,15 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=list(CHROMIUM_ARGS))
         yield chromium
         chromium.close()
 
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    pg.set_default_timeout(10_000)
-    yield pg
-    context.close()
-    assert not errors, f"JavaScript errors: {errors}"
+    with chromium_page(browser) as pg:
+        yield pg
 
 
 def screenshot(page: Any, tmp_path: Path, name: str) -> Path:

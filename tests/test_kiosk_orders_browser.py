@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,35 +14,21 @@ from appliance.daemon import Daemon
 from appliance.demo import DEMO_DEVICES
 from appliance.ledger import verify
 from appliance.orders import code_hash
-from kiosk_ui.testing import DaemonThread, demo_prepare
+from kiosk_ui.testing import CHROMIUM, DaemonThread, chromium_page, demo_prepare
 from sync.inbound import Inbound, InboundPolicy
 
-CHROMIUM = os.environ.get("TILLBOX_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 WATER = {"sku": "1001", "qty": "2", "name": "Sparkling Water 1.5l", "total": 150, "tax": 10, "tax_class": "reduced"}
 PEN = {"sku": "1009", "qty": "1", "name": "Ballpoint Pen", "total": 99, "tax": 16, "tax_class": "standard"}
 ADDRESS = {"name": "Erika Mustermann", "lines": ["Hauptstr. 5"], "postcode": "10115", "city": "Berlin",
            "country": "DE"}  # fmt: skip
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt install chromium)")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (apt install chromium)")
 
 
 @pytest.fixture
 def page() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 800})
-        pg = context.new_page()
-        errors: list[str] = []
-        pg.on("pageerror", lambda exc: errors.append(str(exc)))
-        pg.set_default_timeout(10_000)
+    with chromium_page() as pg:
         yield pg
-        context.close()
-        browser.close()
-    assert not errors, f"JavaScript errors: {errors}"
 
 
 def expect(locator: Any) -> Any:

@@ -28,9 +28,10 @@ from appliance.sale import Discount, PointsDiscount, Sale, SalePolicy
 from appliance.staff import Action, Approval
 from appliance.stored_value import outstanding
 from appliance.till import Completed, Till
+from kiosk_ui.testing import CHROMIUM
 from sync.testing import wait_until
 from tests.test_loyalty import BOOK, CUSTOMER, WINE, _events, _sale, offline_till, till  # noqa: F401  (fixtures)
-from tests.test_omni_accounts import CHROMIUM, Shop, _basket, shop  # noqa: F401  (fixture)
+from tests.test_omni_accounts import Shop, _basket, shop  # noqa: F401  (fixture)
 
 EUR = Currency.of("EUR")
 BATTERIES = "1010"  # 4.99, standard rate (19 %), earns points; BOOK 3.49 standard; WINE 6.99 drinks (no points)
@@ -489,44 +490,30 @@ def test_the_points_discount_view_is_none_for_an_empty_or_plain_sale() -> None:
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (apt install chromium)")
 def test_the_cashier_screen_takes_points_off_and_back_with_one_button(tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from appliance.daemon import Daemon
     from appliance.demo import DEMO_DEVICES
-    from kiosk_ui.testing import DaemonThread, demo_prepare
+    from kiosk_ui.testing import DaemonThread, chromium_page, demo_prepare, log_in
 
     config = parse_config(DEMO_DEVICES + "[loyalty]\nenabled = true\npoint_value = 5\n", environ={})
     daemon = Daemon(config, tmp_path / "kiosk", fast_hash=True, prepare=demo_prepare(), health_interval=0.2)
-    with DaemonThread(daemon) as running, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox",
-                                                                           "--disable-gpu"])  # fmt: skip
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.set_default_timeout(10_000)
-        try:
-            page.goto(running.url + "/cashier")
-            page.fill("#staff-id", "ann")
-            page.fill("#pin", "1234")
-            page.click(".keypad button[type=submit]")
-            page.wait_for_selector("#till:not(.hidden)")
-            page.fill("#code", BOOK)
-            page.keyboard.press("Enter")
-            expect(page.locator("#lines tbody tr")).to_have_count(1)
-            running.call(lambda: setattr(daemon.sale, "customer_id", CUSTOMER))
-            running.call(lambda: daemon.t.loyalty.remember({"customer": CUSTOMER, "points": 500}))
+    with DaemonThread(daemon) as running, chromium_page(height=900) as page:
+        log_in(page, running.url)
+        page.fill("#code", BOOK)
+        page.keyboard.press("Enter")
+        expect(page.locator("#lines tbody tr")).to_have_count(1)
+        running.call(lambda: setattr(daemon.sale, "customer_id", CUSTOMER))
+        running.call(lambda: daemon.t.loyalty.remember({"customer": CUSTOMER, "points": 500}))
 
-            button = page.get_by_role("button", name="Points off")
-            expect(button).to_have_attribute("title", re.compile("points off the price"))
-            button.click()
-            page.fill('dialog input[aria-label="Points (empty: as many as the sale takes)"]', "40")
-            page.keyboard.press("Enter")
-            expect(page.locator("#notice")).to_contain_text("40 points:")
-            expect(page.locator("#t-due")).to_contain_text("1,49")  # 3.49 - 40 x 0.05
-            page.keyboard.press("Control+i")  # the same control takes them off again
-            page.get_by_role("button", name="Remove the points discount").click()
-            expect(page.locator("#notice")).to_contain_text("40 points go back to the customer")
-            expect(page.locator("#t-due")).to_contain_text("3,49")
-        finally:
-            browser.close()
-        assert not errors, f"JavaScript errors: {errors}"
+        button = page.get_by_role("button", name="Points off")
+        expect(button).to_have_attribute("title", re.compile("points off the price"))
+        button.click()
+        page.fill('dialog input[aria-label="Points (empty: as many as the sale takes)"]', "40")
+        page.keyboard.press("Enter")
+        expect(page.locator("#notice")).to_contain_text("40 points:")
+        expect(page.locator("#t-due")).to_contain_text("1,49")  # 3.49 - 40 x 0.05
+        page.keyboard.press("Control+i")  # the same control takes them off again
+        page.get_by_role("button", name="Remove the points discount").click()
+        expect(page.locator("#notice")).to_contain_text("40 points go back to the customer")
+        expect(page.locator("#t-due")).to_contain_text("3,49")

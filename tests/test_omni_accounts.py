@@ -19,6 +19,7 @@ from appliance.sale import Sale
 from appliance.staff import Action, Approval
 from appliance.stored_value import BOOK, outstanding
 from appliance.till import Completed, Till, open_ledger
+from kiosk_ui.testing import CHROMIUM
 from sync.hub import Hub
 from sync.hub_accounts import ALERT_NEGATIVE, ALERT_NEGATIVE_POINTS
 from sync.link import LinkSettings
@@ -401,62 +402,45 @@ def test_the_cashier_api_sells_checks_and_takes_gift_cards_and_points(shop: Shop
         assert http.post("/cart/payments", json={"kind": "cash"}).status_code == 200
 
 
-CHROMIUM = Path(__import__("os").environ.get("TILLBOX_CHROMIUM", "/usr/bin/chromium"))
-
-
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (apt install chromium)")
 def test_the_cashier_screen_sells_and_takes_a_gift_card(shop: Shop, tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from appliance.daemon import Daemon
     from appliance.demo import DEMO_DEVICES
-    from kiosk_ui.testing import DaemonThread, demo_prepare
+    from kiosk_ui.testing import DaemonThread, chromium_page, demo_prepare, log_in
 
     config = parse_config(DEMO_DEVICES, environ={})
     daemon = Daemon(config, tmp_path / "kiosk", fast_hash=True, prepare=demo_prepare(), brokers=(shop.broker.url,),
                     health_interval=0.2)  # fmt: skip
-    with DaemonThread(daemon) as running, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox",
-                                                                           "--disable-gpu"])  # fmt: skip
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.set_default_timeout(10_000)
-        try:
-            page.goto(running.url + "/cashier")
-            page.fill("#staff-id", "ann")
-            page.fill("#pin", "1234")
-            page.click(".keypad button[type=submit]")
-            page.wait_for_selector("#till:not(.hidden)")
-            assert wait_until(lambda: daemon.sync is not None and daemon.sync.link.connected)
+    with DaemonThread(daemon) as running, chromium_page(height=900) as page:
+        log_in(page, running.url)
+        assert wait_until(lambda: daemon.sync is not None and daemon.sync.link.connected)
 
-            page.click("#b-sell-card")
-            page.fill('dialog input[aria-label="Amount"]', "30,00")
-            page.keyboard.press("Enter")
-            expect(page.locator("#lines tbody tr")).to_have_count(1)
-            account = page.inner_text("#lines tbody tr td:nth-child(2)").removeprefix("Gift card ").strip()
-            assert account.startswith("GC-")
-            page.keyboard.press("F4")
-            page.wait_for_selector("#tendered")
-            page.keyboard.press("Enter")  # exact cash
-            page.wait_for_selector("#change, dialog pre.receipt")
-            page.keyboard.press("Escape")
-            assert wait_until(lambda: shop.hub.query("SELECT balance FROM acct_balances WHERE account = ?",
-                                                     (account,)) == [(3_000,)])  # fmt: skip
+        page.click("#b-sell-card")
+        page.fill('dialog input[aria-label="Amount"]', "30,00")
+        page.keyboard.press("Enter")
+        expect(page.locator("#lines tbody tr")).to_have_count(1)
+        account = page.inner_text("#lines tbody tr td:nth-child(2)").removeprefix("Gift card ").strip()
+        assert account.startswith("GC-")
+        page.keyboard.press("F4")
+        page.wait_for_selector("#tendered")
+        page.keyboard.press("Enter")  # exact cash
+        page.wait_for_selector("#change, dialog pre.receipt")
+        page.keyboard.press("Escape")
+        assert wait_until(lambda: shop.hub.query("SELECT balance FROM acct_balances WHERE account = ?",
+                                                 (account,)) == [(3_000,)])  # fmt: skip
 
-            page.fill("#code", "9780201379624")  # a notebook, 3.49
-            page.keyboard.press("Enter")
-            expect(page.locator("#lines tbody tr")).to_have_count(1)
-            page.click("#b-giftcard")
-            page.fill('dialog input[aria-label="Card or credit number (scan it)"]', account)
-            page.keyboard.press("Enter")
-            expect(page.locator("dialog pre.receipt")).to_contain_text(f"Gift Card {account}")
-            assert shop.hub.accounts.balance(account)["balance"] == 3_000 - 349
-            page.keyboard.press("Escape")
-            page.click("#b-balance")
-            page.fill("dialog input", account)
-            page.keyboard.press("Enter")
-            expect(page.locator("#balance-result")).to_have_text(f"{account} (gift card): 26,51\xa0€")
-        finally:
-            browser.close()
-        assert not errors, f"JavaScript errors: {errors}"
+        page.fill("#code", "9780201379624")  # a notebook, 3.49
+        page.keyboard.press("Enter")
+        expect(page.locator("#lines tbody tr")).to_have_count(1)
+        page.click("#b-giftcard")
+        page.fill('dialog input[aria-label="Card or credit number (scan it)"]', account)
+        page.keyboard.press("Enter")
+        expect(page.locator("dialog pre.receipt")).to_contain_text(f"Gift Card {account}")
+        assert shop.hub.accounts.balance(account)["balance"] == 3_000 - 349
+        page.keyboard.press("Escape")
+        page.click("#b-balance")
+        page.fill("dialog input", account)
+        page.keyboard.press("Enter")
+        expect(page.locator("#balance-result")).to_have_text(f"{account} (gift card): 26,51\xa0€")

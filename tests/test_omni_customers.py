@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,6 +15,7 @@ from appliance.customers import QR_PREFIX, Customers, apply_revoked, classify, p
 from appliance.errors import InputError, NotFound
 from appliance.staff import Action, Approval
 from appliance.till import Till, open_ledger
+from kiosk_ui.testing import CHROMIUM
 from sync.hub import Hub
 from sync.hub_customers import ALERT_DUPLICATE
 from sync.link import LinkSettings
@@ -295,16 +295,15 @@ def test_revocations_respect_the_version_a_till_cached(tmp_path: Path) -> None:
 
 # -- the cashier screen (real Chromium, real daemon with sync) --------------------------------------
 
-CHROMIUM = Path(os.environ.get("TILLBOX_CHROMIUM", "/usr/bin/chromium"))
 WATER = "4006381333931"
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}")
 def test_the_cashier_identifies_scans_and_registers_customers_through_the_shop(tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from appliance.daemon import Daemon
-    from kiosk_ui.testing import DaemonThread, demo_config, demo_prepare
+    from kiosk_ui.testing import DaemonThread, chromium_page, demo_config, demo_prepare, log_in
 
     with Mosquitto(tmp_path / "broker") as broker:
         hub = Hub(tmp_path / "hub", LinkSettings.from_urls([broker.url], "hub", backoff_initial=0.05)).start()
@@ -314,17 +313,9 @@ def test_the_cashier_identifies_scans_and_registers_customers_through_the_shop(t
             ida_qr = hub.customers.app_token(ida["id"])
             daemon = Daemon(demo_config(), tmp_path / "data", fast_hash=True, prepare=demo_prepare(),
                             brokers=(broker.url,), health_interval=0.5)  # fmt: skip
-            with DaemonThread(daemon) as running, sync_playwright() as pw:
+            with DaemonThread(daemon) as running, chromium_page() as page:
                 assert wait_until(lambda: daemon.sync is not None and daemon.sync.link.connected)
-                browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"])
-                page = browser.new_page()
-                errors: list[str] = []
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                page.set_default_timeout(10_000)
-                page.goto(running.url + "/cashier")
-                page.fill("#staff-id", "ann")
-                page.fill("#pin", "1234")
-                page.press("#pin", "Enter")
+                log_in(page, running.url)
                 page.fill("#code", WATER)
                 page.press("#code", "Enter")
                 page.wait_for_selector("#lines tbody tr")
@@ -349,8 +340,6 @@ def test_the_cashier_identifies_scans_and_registers_customers_through_the_shop(t
                 page.check("#customer-consent")
                 page.click("#customer-panel button:has-text('Register')")
                 expect(page.locator("#customer")).to_have_text("Customer: Nina New")
-                browser.close()
-                assert not errors, errors
             assert wait_until(lambda: bool(hub.query("SELECT id FROM customers WHERE email = 'nina@example.org'")))
         finally:
             hub.close()
