@@ -234,6 +234,10 @@ class UpdateFetcher:
         self._write_problem: str | None = None
         with contextlib.suppress(OSError):
             (self.dir / PARTIAL).unlink()  # a download a crash or stop interrupted
+        with contextlib.suppress(OSError):
+            # Made now, long before a bundle is renamed into it: tillbox-update-apply.path
+            # watches this directory once it exists, and would miss a rename into one just made.
+            self.ready_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     @property
     def last(self) -> dict[str, Any] | None:
