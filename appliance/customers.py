@@ -8,7 +8,9 @@ consented is cached in the ``customers`` table with the time of the answer
 (``cached_at``), refreshed on every online use and dropped ``cache_days`` after it.
 A customer who did not consent is held in memory only while served. Offline, only the
 cache answers. A customer created at the till is published to the shop as a
-``tillbox.customer.created`` outbox event.
+``tillbox.customer.created`` outbox event. The customer's purchase history (every till,
+online) is the shop's: :meth:`Customers.history` asks for it (``customer-history``) and
+keeps nothing.
 
 Personal data never goes into the journal or sales, which refer to a customer by an
 opaque id. Erasure (here, or at the shop through the ``customers/revoked`` document)
@@ -41,6 +43,11 @@ log = logging.getLogger(__name__)
 QR_PREFIX: Final = "TBC1:"
 #: The generic request (sync/rpc.py) that asks the shop for a customer.
 LOOKUP: Final = "customer-lookup"
+#: The generic request that asks the shop for a customer's purchase history (never kept on the till).
+HISTORY: Final = "customer-history"
+#: Purchases per history page: the default and the most one request may ask.
+HISTORY_LIMIT: Final = 20
+HISTORY_MAX: Final = 50
 #: Outbox events that carry personal data and are redacted on erasure.
 PERSONAL_EVENTS: Final = ("tillbox.customer.created", "tillbox.customer.updated")
 #: A customer without consent is held in memory this long after their last use.
@@ -58,6 +65,7 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SECRET = re.compile(r"[A-Z2-7]{26}")
 _IDENT = re.compile(r"[A-Z0-9._-]{1,64}")
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,400}")
 _COLUMNS = "id, name, email, phone, consent, consent_at, erased_at, card, badge, cached_at, version, origin"
 
 
@@ -84,6 +92,41 @@ class Customer:
     def cached(self) -> bool:
         """Whether the record is kept on this till (only with consent)."""
         return self.cached_at is not None and not self.erased
+
+
+@dataclass(frozen=True)
+class Purchase:
+    """One purchase of a customer as the shop recorded it: a till's sale or an online order."""
+
+    channel: str  #: ``store`` (a till) or ``online``
+    store: str
+    device: str  #: the till, or ``online``
+    reference: str  #: what a return finds it by: the receipt reference or the order id
+    sale_id: str
+    time: str
+    total: int | None  #: minor units of ``currency`` (None: an order without prices)
+    currency: str | None
+    refunded: int  #: refunded so far, at any till
+    returnable: bool  #: a till of this store can take a return of it (something is left to return)
+
+
+@dataclass(frozen=True)
+class History:
+    """A page of a customer's purchases, newest first; ``next`` asks for the page before it."""
+
+    customer: str
+    purchases: tuple[Purchase, ...]
+    next: str | None
+
+
+def purchase(doc: Mapping[str, Any]) -> Purchase:
+    """A purchase from the shop's answer (schema ``customer-history-result``)."""
+    return Purchase(
+        channel=str(doc["channel"]), store=str(doc["store"]), device=str(doc["device"]),
+        reference=str(doc["reference"]), sale_id=str(doc["sale_id"]), time=str(doc["time"]),
+        total=None if doc["total"] is None else int(doc["total"]), currency=doc["currency"],
+        refunded=int(doc["refunded"]), returnable=bool(doc["returnable"]),
+    )  # fmt: skip
 
 
 # -- tokens -------------------------------------------------------------------------------------
@@ -440,6 +483,34 @@ class Customers:
         self._held[customer.id] = (customer, now)
         while len(self._held) > HOLD_MAX:
             del self._held[next(iter(self._held))]
+
+    # -- purchase history (the shop's; never kept here) -------------------------------------------
+
+    def history(self, customer_id: str, limit: int = HISTORY_LIMIT, *, before: str | None = None) -> History:
+        """The customer's purchases at every till and online, newest first, as the shop knows them.
+
+        Only waits on the network (it may run in an executor). ``before`` is the ``next`` of
+        an earlier page. Raises :class:`DeviceUnavailable` when the shop cannot be asked
+        (nothing is kept on the till to answer from), :class:`NotFound` when the shop has no
+        such customer (unknown or erased) and :class:`InputError` for bad arguments.
+        """
+        check_id(customer_id)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= HISTORY_MAX:
+            raise InputError(f"ask for 1 to {HISTORY_MAX} purchases, not {limit!r}")
+        if before is not None and not _CURSOR.fullmatch(before):
+            raise InputError("that is not a purchase history cursor")
+        if self.remote is None:
+            raise DeviceUnavailable("purchase history is kept by the shop, and this till is not connected to it")
+        body: dict[str, Any] = {"customer": customer_id, "limit": limit}
+        if before is not None:
+            body["before"] = before
+        try:
+            result = self.remote(HISTORY, body)
+        except NotFound:
+            raise NotFound(f"the shop has no customer {customer_id} (unknown or erased)") from None
+        except DeviceUnavailable as exc:
+            raise DeviceUnavailable(f"purchase history needs the shop: {exc}") from exc
+        return History(str(result["customer"]), tuple(purchase(p) for p in result["purchases"]), result.get("next"))
 
     # -- change ----------------------------------------------------------------------------------
 

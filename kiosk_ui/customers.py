@@ -1,22 +1,25 @@
-"""Kiosk API for customers: identify at the shop, register, consent, erase (``/api/v1/customers/...``).
+"""Kiosk API for customers: identify, register, consent, erase, purchase history (``/api/v1/customers/...``).
 
 Identifying asks the shop's customer record (``Customers.ask_shop``) in an executor, so
 the loop never waits on the network, and applies the answer on the loop (the ledger is
 only written there). Offline, only customers cached on this till (with consent) are found.
-Every endpoint needs a staff session that may sell; erasure needs the ``erase_customer``
-action (a manager, or a manager's approval token).
+The purchase history is the shop's (``Customers.history``, asked in an executor): offline
+there is none. Every endpoint needs a staff session that may sell; erasure needs the
+``erase_customer`` action (a manager, or a manager's approval token).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 from pydantic import Field, StringConstraints
 
-from appliance.customers import Customer, check_id
+from appliance.customers import HISTORY_LIMIT, HISTORY_MAX, Customer, History, Purchase, check_id
 from appliance.errors import TillboxError
+from appliance.money import Currency
 from appliance.staff import Action
 from kiosk_ui.app import S
 from kiosk_ui.models import Strict, Text, Token
@@ -29,6 +32,9 @@ CustomerToken = Annotated[str, StringConstraints(min_length=1, max_length=200, p
 Email = Annotated[str, StringConstraints(max_length=254)]
 Short = Annotated[str, StringConstraints(max_length=64)]
 CustomerId = Annotated[str, PathParam(min_length=1, max_length=64)]
+Limit = Annotated[int, Query(ge=1, le=HISTORY_MAX, description="purchases per page")]
+Cursor = Annotated[str | None, Query(min_length=1, max_length=400, pattern=r"^[A-Za-z0-9_-]+$",
+                                     description="the next of the previous page")]  # fmt: skip
 
 
 class IdentifyIn(Strict):
@@ -63,6 +69,26 @@ def customer_view(c: Customer) -> dict[str, Any]:
     """A customer as the cashier screen shows them."""
     return {"id": c.id, "name": c.name, "email": c.email, "phone": c.phone, "card": c.card, "consent": c.consent,
             "cached": c.cached, "erased": c.erased}  # fmt: skip
+
+
+def purchase_view(daemon: Daemon, p: Purchase) -> dict[str, Any]:
+    """A purchase as the customer panel lists it: when, where, reference, total, and whether it can be returned."""
+
+    def amount(minor: int | None) -> dict[str, Any] | None:
+        if minor is None or p.currency is None:
+            return None
+        if p.currency == daemon.t.currency.code:
+            return daemon.fmt.amount(minor)
+        return {"minor": minor, "text": Currency.of(p.currency).format(minor, daemon.fmt.locale)}
+
+    return {"channel": p.channel, "where": "online" if p.channel == "online" else f"{p.store} · {p.device}",
+            "store": p.store, "device": p.device, "reference": p.reference, "sale_id": p.sale_id, "time": p.time,
+            "date": daemon.fmt.when(p.time), "total": amount(p.total), "currency": p.currency,
+            "refunded": amount(p.refunded) if p.refunded else None, "returnable": p.returnable}  # fmt: skip
+
+
+def history_view(daemon: Daemon, h: History) -> dict[str, Any]:
+    return {"customer": h.customer, "purchases": [purchase_view(daemon, p) for p in h.purchases], "next": h.next}
 
 
 def _seller(daemon: Daemon, session: Session) -> None:
@@ -133,6 +159,14 @@ def create_router(daemon: Daemon) -> APIRouter:
         _seller(daemon, s)
         c = daemon.t.customers.set_consent(check_id(customer_id), body.consent, daemon.clock.now(), s.actor)
         return {"customer": customer_view(c)}
+
+    @api.get("/{customer_id}/history", summary="The customer's purchases at every till and online, newest first")
+    async def history(customer_id: CustomerId, s: S, limit: Limit = HISTORY_LIMIT,
+                      before: Cursor = None) -> dict[str, Any]:  # fmt: skip
+        _seller(daemon, s)
+        ask = functools.partial(daemon.t.customers.history, check_id(customer_id), limit, before=before)
+        found = await daemon._io(ask)
+        return history_view(daemon, found)
 
     @api.post("/{customer_id}/erase", summary="Erase a customer's personal data here and at the shop")
     async def erase(customer_id: CustomerId, body: EraseIn, s: S) -> dict[str, Any]:

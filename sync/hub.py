@@ -342,6 +342,7 @@ class Hub(LinkWorker):
                 (data["id"], store, device, data["number"], data["total"], data["currency"], data["completed_at"],
                  event_id),
             )  # fmt: skip
+            self.customers.record_sale(store, device, data, event_id)  # purchase history: docs/customers.md
         elif type_ == "tillbox.return.completed":
             self._record_return(store, device, data)
         elif type_ == "tillbox.stock.moved":
@@ -702,7 +703,8 @@ class Hub(LinkWorker):
         ``lines`` maps SKU to quantity, or lists ``pickup-order`` lines; lines with the
         paid ``total`` (and ``tax``), together with ``currency``, make the order returnable
         at a till. ``details`` are the order fields of :meth:`sync.hub_orders.HubOrders.prepare`
-        (``kind``, ``customer``, ``pickup_code``, ``payment``, ``hold_until``, ``ship_to``, ``carrier``).
+        (``kind``, ``customer``, ``customer_id``, ``pickup_code``, ``payment``, ``hold_until``, ``ship_to``,
+        ``carrier``).
         """
         if isinstance(lines, Mapping):
             rows = [{"sku": s, "qty": str(q)} for s, q in lines.items()]
@@ -725,6 +727,7 @@ class Hub(LinkWorker):
                 "DO UPDATE SET version = excluded.version, status = excluded.status, body = excluded.body",
                 (store, order_id, version, status, json.dumps(doc)),
             )
+            self.customers.record_order(store, doc)
             self.link.publish(store_topic(store, "orders", sku_segment(order_id)), json.dumps(doc).encode(),
                               retain=True)  # fmt: skip
             for sku in sorted({r["sku"] for r in rows}):

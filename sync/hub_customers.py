@@ -14,21 +14,33 @@ shop-wide counter. The hub:
 - offers the shop's side: :meth:`HubCustomers.create`, ``update``, ``set_consent``,
   ``erase`` and ``app_token`` (the QR code of the shop's app).
 
-An erasure also redacts the customer's events and stored lookup answers in ``hub.db``.
+The hub also keeps each customer's purchase history (table ``customer_purchases``): every
+sale a till reports with a ``customer_id`` and every online order that names one and is
+paid, collected or shipped. Tills ask for it with ``customer-history``; it is the shop's
+record, so withdrawn consent does not change it.
+
+An erasure also redacts the customer's events and stored answers in ``hub.db``, and drops
+the customer from their purchases: the sales and orders stay, without the customer id.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
 import json
 import logging
 import sqlite3
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
 from appliance.canonical import canonical_json
 from appliance.clock import iso_utc
 from appliance.customers import (
+    HISTORY,
+    HISTORY_LIMIT,
     LOOKUP,
     MAX_MATCHES,
     PERSONAL_EVENTS,
@@ -45,6 +57,7 @@ from appliance.customers import (
 )
 from appliance.errors import InputError, NotFound
 from appliance.ids import uuid7
+from appliance.returns import sale_reference
 from sync.contract import PREFIX
 from sync.schemas import validate
 
@@ -71,7 +84,20 @@ CREATE INDEX IF NOT EXISTS customers_by_badge ON customers(badge);
 CREATE TABLE IF NOT EXISTS customer_revocations(
     id TEXT PRIMARY KEY, version INTEGER NOT NULL, reason TEXT NOT NULL, at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS customer_stores(store TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS customer_purchases(
+    customer TEXT NOT NULL, channel TEXT NOT NULL, store TEXT NOT NULL, device TEXT NOT NULL, reference TEXT NOT NULL,
+    sale_id TEXT NOT NULL, order_id TEXT, time TEXT NOT NULL, total INTEGER, currency TEXT,
+    PRIMARY KEY(store, sale_id));
+CREATE INDEX IF NOT EXISTS customer_purchases_by_customer ON customer_purchases(customer, time, store, sale_id);
+CREATE INDEX IF NOT EXISTS customer_purchases_by_order ON customer_purchases(store, order_id);
 """
+#: Order statuses that make an order a purchase whatever its payment; cancelled and expired never do.
+_BOUGHT: Final = ("collected", "shipped")
+_PURCHASE_COLUMNS: Final = "channel, store, device, reference, sale_id, time, total, currency"
+
+
+#: What an erased customer's order says instead of their address (``ship_to`` is required of ship orders).
+ERASED_ADDRESS: Final = {"name": "(erased)", "lines": ["(erased)"], "city": "(erased)", "country": "ZZ"}
 
 
 def revoked_topic(store: str) -> str:
@@ -92,14 +118,43 @@ def _record(row: tuple[Any, ...]) -> dict[str, Any]:
     return out
 
 
+def _instant(text: str) -> str:
+    """An RFC 3339 time as the hub sorts purchases by (UTC, milliseconds); unparsable text as it is."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    return iso_utc(moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC))
+
+
+def cursor(time: str, store: str, sale_id: str) -> str:
+    """The opaque ``next`` of a history page: the last purchase's sort key."""
+    raw = json.dumps([time, store, sale_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _uncursor(text: str) -> tuple[str, str, str]:
+    try:
+        key = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (ValueError, binascii.Error):
+        raise InputError("that is not a purchase history cursor") from None
+    if not (isinstance(key, list) and len(key) == 3 and all(isinstance(k, str) for k in key)):
+        raise InputError("that is not a purchase history cursor")
+    return key[0], key[1], key[2]
+
+
 class HubCustomers:
     """The customer record of a :class:`~sync.hub.Hub` (created by it; call the shop methods from any thread)."""
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.db: sqlite3.Connection = hub.db
+        upgrade = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'customer_purchases'").fetchone() is None
         self.db.executescript(_SCHEMA)
+        if upgrade:  # a new database, or one from before purchase histories: record what it holds
+            self._backfill()
         hub.serve(LOOKUP, self._lookup)
+        hub.serve(HISTORY, self._history)
 
     # -- on the hub thread -----------------------------------------------------------------------
 
@@ -237,6 +292,7 @@ class HubCustomers:
             "'$.result.customers') WHERE json_extract(value, '$.id') = ?)",
             (LOOKUP, cid),
         )
+        self._unlink(cid)
         log.info("customer %s erased", cid)
         return True
 
@@ -278,6 +334,148 @@ class HubCustomers:
         body = json.dumps(doc).encode()
         for store in stores:
             self.hub.link.publish(revoked_topic(store), body, retain=True)
+
+    # -- purchase history (on the hub thread) ----------------------------------------------------
+
+    def erased_on_thread(self, cid: str) -> bool:
+        """Whether the shop has erased the customer (on the hub thread)."""
+        row = self.db.execute("SELECT erased_at FROM customers WHERE id = ?", (cid,)).fetchone()
+        return row is not None and row[0] is not None
+
+    def record_sale(self, store: str, device: str, data: Mapping[str, Any], event_id: str) -> None:
+        """Record a till's sale in its customer's history (inside the ingest transaction).
+
+        A sale of a customer the shop has erased (the till sold offline) keeps no trace of the id.
+        """
+        cid = data.get("customer_id")
+        if not isinstance(cid, str) or not cid:
+            return
+        if self.erased_on_thread(cid):
+            self.db.execute("UPDATE events SET body = json_remove(body, '$.data.customer_id') WHERE id = ?",
+                            (event_id,))  # fmt: skip
+            return
+        self.db.execute(
+            f"INSERT INTO customer_purchases(customer, {_PURCHASE_COLUMNS}) VALUES (?, 'store', ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(store, sale_id) DO UPDATE SET customer = excluded.customer",
+            (cid, store, device, sale_reference(device, int(data["number"])), str(data["id"]),
+             _instant(str(data["completed_at"])), int(data["total"]), str(data["currency"])),
+        )  # fmt: skip
+
+    def record_order(self, store: str, doc: Mapping[str, Any]) -> None:
+        """Keep an online order's place in its customer's history up to date (call after every change).
+
+        An order is a purchase once it is paid online (and not cancelled or expired), collected or
+        shipped. One paid at pickup is the till's sale of it, found by its receipt reference.
+        """
+        order_id = str(doc["id"])
+        cid = doc.get("customer_id")
+        status = str(doc.get("status"))
+        paid = doc.get("payment", "paid") == "paid" and bool(doc.get("paid_at"))
+        bought = status in _BOUGHT or (paid and status not in ("cancelled", "expired"))
+        self.db.execute("DELETE FROM customer_purchases WHERE store = ? AND order_id = ?", (store, order_id))
+        if not isinstance(cid, str) or not bought or self.erased_on_thread(cid):
+            return
+        total: int | None
+        currency: str | None
+        sale = None
+        if doc.get("payment") == "at_pickup" and doc.get("sale_id"):
+            sale = self.db.execute("SELECT device, number, id, time, total, currency FROM sales WHERE store = ? "
+                                   "AND id = ?", (store, str(doc["sale_id"]))).fetchone()  # fmt: skip
+        if sale is not None:
+            device, reference, sale_id = str(sale[0]), sale_reference(str(sale[0]), int(sale[1])), str(sale[2])
+            time, total, currency = str(sale[3]), int(sale[4]), str(sale[5])
+        else:
+            done = [h["time"] for h in doc.get("history") or () if h.get("status") in _BOUGHT]
+            time = str(doc.get("paid_at") or (done[-1] if done else doc.get("time") or self._now()))
+            lines = doc["lines"]
+            priced = bool(doc.get("currency")) and all("total" in ln for ln in lines)
+            device, reference, sale_id = "online", order_id, order_id
+            total = sum(int(ln["total"]) for ln in lines) if priced else None
+            currency = str(doc["currency"]) if priced else None
+        self.db.execute(
+            f"INSERT INTO customer_purchases(customer, order_id, {_PURCHASE_COLUMNS}) "
+            "VALUES (?, ?, 'online', ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(store, sale_id) DO UPDATE SET "
+            "customer = excluded.customer, channel = excluded.channel, order_id = excluded.order_id",
+            (cid, order_id, store, device, reference, sale_id, _instant(time), total, currency),
+        )
+
+    def _backfill(self) -> None:
+        """Record the purchases of a database from before purchase histories (its sales and orders)."""
+        rows = self.db.execute(
+            "SELECT e.store, e.device, e.body, e.id FROM events e JOIN sales s ON s.store = e.store "
+            "AND s.device = e.device AND s.id = json_extract(e.body, '$.data.id') "
+            "WHERE e.type = 'tillbox.sale.completed' AND json_extract(e.body, '$.data.customer_id') IS NOT NULL"
+        ).fetchall()
+        for store, device, body, event_id in rows:
+            self.record_sale(str(store), str(device), json.loads(body)["data"], str(event_id))
+        for store, body in self.db.execute("SELECT store, body FROM orders WHERE "
+                                           "json_extract(body, '$.customer_id') IS NOT NULL").fetchall():  # fmt: skip
+            self.record_order(str(store), json.loads(body))
+        if rows:
+            log.info("purchase history: %d past sales recorded", len(rows))
+
+    def _history(self, store: str, device: str, request: Mapping[str, Any]) -> dict[str, Any]:
+        """``customer-history``: a customer's purchases, newest first; NotFound when unknown or erased."""
+        cid = str(request["customer"])
+        row = self._row(cid)
+        if row is None or row[10] is not None:
+            raise NotFound(f"no customer {cid}")
+        limit = int(request.get("limit", HISTORY_LIMIT))
+        where, args = "customer = ?", [cid]
+        if "before" in request:
+            where += " AND (time, store, sale_id) < (?, ?, ?)"
+            args += _uncursor(str(request["before"]))
+        rows = self.db.execute(
+            f"SELECT {_PURCHASE_COLUMNS} FROM customer_purchases WHERE {where} "
+            "ORDER BY time DESC, store DESC, sale_id DESC LIMIT ?", (*args, limit + 1)
+        ).fetchall()  # fmt: skip
+        out: dict[str, Any] = {"customer": cid, "purchases": [self._purchase(store, r) for r in rows[:limit]]}
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            out["next"] = cursor(str(last[5]), str(last[1]), str(last[4]))
+        return out
+
+    def _purchase(self, asking: str, row: tuple[Any, ...]) -> dict[str, Any]:
+        channel, store, device, reference, sale_id, time, total, currency = row
+        refunded = self.db.execute("SELECT coalesce(sum(amount), 0) FROM refunds WHERE store = ? AND sale_id = ?",
+                                   (store, sale_id)).fetchone()[0]  # fmt: skip
+        return {"channel": channel, "store": store, "device": device, "reference": reference, "sale_id": sale_id,
+                "time": time, "total": total, "currency": currency, "refunded": int(refunded),
+                "returnable": store == asking and self._left_to_return(store, str(reference))}  # fmt: skip
+
+    def _left_to_return(self, store: str, reference: str) -> bool:
+        """Whether a till of ``store`` can take a return of the sale: it is returnable and not all refunded."""
+        try:
+            sale = self.hub._returnable(store, reference)
+        except InputError:
+            return False
+        done = {d["line"]: Decimal(d["qty"]) for d in self.hub._refunded(store, str(sale["id"]))}
+        return any(not ln.get("voided") and Decimal(str(ln["qty"])) > done.get(int(ln["line"]), Decimal(0))
+                   for ln in sale["lines"])  # fmt: skip
+
+    def _unlink(self, cid: str) -> None:
+        """Take an erased customer out of their purchases: the sales and orders stay, the id and personal data go."""
+        self.db.execute("DELETE FROM customer_purchases WHERE customer = ?", (cid,))
+        self.db.execute(
+            "UPDATE events SET body = json_remove(body, '$.data.customer_id') WHERE type = 'tillbox.sale.completed' "
+            "AND json_extract(body, '$.data.customer_id') = ?", (cid,)
+        )  # fmt: skip
+        self.db.execute("DELETE FROM answers WHERE name = ? AND json_extract(body, '$.result.customer') = ?",
+                        (HISTORY, cid))  # fmt: skip
+        orders = self.db.execute(
+            "SELECT store, id, version, body FROM orders WHERE json_extract(body, '$.customer_id') = ?", (cid,)
+        ).fetchall()
+        for store, order_id, version, body in orders:
+            doc = json.loads(body)
+            del doc["customer_id"]
+            # Their name, address and note go too; a ship order keeps an address that says so (the
+            # contract requires one), and can no longer be shipped to them.
+            doc.pop("customer", None)
+            doc.pop("note", None)
+            if "ship_to" in doc:
+                doc["ship_to"] = dict(ERASED_ADDRESS)
+            self.hub.orders._store(str(store), str(order_id), int(version) + 1, doc)
+            self.hub.call(functools.partial(self.hub.orders.publish, str(store), str(order_id)))  # after commit
 
     # -- the shop's side (any thread) ------------------------------------------------------------
 

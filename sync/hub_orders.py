@@ -42,7 +42,7 @@ ALERT_CONFLICT: Final = "orders.conflict"
 SHOP: Final = "shop"
 #: Fields of a previous version that a re-placed order keeps unless the shop sets them again.
 _KEPT: Final = ("applied", "history", "hold_until", "tracking", "carrier", "sale_id", "note", "kind", "payment",
-                "pickup_code_sha256", "customer", "ship_to")  # fmt: skip
+                "pickup_code_sha256", "customer", "ship_to", "customer_id")  # fmt: skip
 
 
 def reserved(db: sqlite3.Connection, store: str, sku: str) -> Decimal:
@@ -72,6 +72,7 @@ class HubOrders:
         *,
         kind: str | None = None,
         customer: str | None = None,
+        customer_id: str | None = None,
         pickup_code: str | None = None,
         payment: str | None = None,
         hold_until: str | None = None,
@@ -81,8 +82,12 @@ class HubOrders:
         """Complete a placed order's document: the new fields, and what a previous version had.
 
         ``pickup_code`` is published only as ``pickup_code_sha256``. Picks of lines that are
-        unchanged (same SKU and quantity at the same position) are kept.
+        unchanged (same SKU and quantity at the same position) are kept. ``customer_id`` links
+        the order to the shop's customer record (their purchase history); an erased customer
+        cannot be named.
         """
+        if customer_id is not None and self.hub.customers.erased_on_thread(customer_id):
+            raise InputError(f"customer {customer_id} is erased")
         row = self.hub.db.execute("SELECT body FROM orders WHERE store = ? AND id = ?", (store, doc["id"])).fetchone()
         previous: dict[str, Any] = json.loads(row[0]) if row else {}
         for key in _KEPT:
@@ -94,8 +99,9 @@ class HubOrders:
             same = (old.get("sku"), Decimal(str(old.get("qty", -1)))) == (line["sku"], Decimal(str(line["qty"])))
             if same and "picked" in old and "picked" not in line:
                 line["picked"] = old["picked"]
-        given = {"kind": kind, "customer": customer, "payment": payment, "hold_until": hold_until,
-                 "ship_to": dict(ship_to) if ship_to is not None else None, "carrier": carrier}  # fmt: skip
+        given = {"kind": kind, "customer": customer, "customer_id": customer_id, "payment": payment,
+                 "hold_until": hold_until, "ship_to": dict(ship_to) if ship_to is not None else None,
+                 "carrier": carrier}  # fmt: skip
         doc.update({k: v for k, v in given.items() if v is not None})
         if pickup_code is not None:
             doc["pickup_code_sha256"] = code_hash(str(doc["id"]), pickup_code)
@@ -138,6 +144,7 @@ class HubOrders:
         doc["time"] = doc.get("time") or self.hub._now()
         self.hub.db.execute("UPDATE orders SET version = ?, status = ?, body = ? WHERE store = ? AND id = ?",
                             (version, doc["status"], json.dumps(doc), store, order_id))  # fmt: skip
+        self.hub.customers.record_order(store, doc)  # purchase history: docs/customers.md
 
     def publish(self, store: str, order_id: str) -> None:
         """Publish an order's current document (retained)."""

@@ -103,6 +103,8 @@ _SALE = {
         }},
         "subtotal": _MINOR, "discount": _MINOR, "tax": _MINOR, "total": _MINOR, "rounding": _MINOR,
         "change": _MINOR, "points_discount": _POINTS_DISCOUNT,
+        "customer_id": {"type": ["string", "null"], "maxLength": 64,
+                        "description": "The customer attached to the sale (their purchase history at the shop)."},
     },
 }  # fmt: skip
 
@@ -221,6 +223,19 @@ _CUSTOMER_RECORD = _obj(
     },
     ["id", "version", "name", "consent"],
 )
+_CURSOR = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,400}$",
+           "description": "Opaque: the next of an earlier answer, to page further back."}  # fmt: skip
+_PURCHASE = _obj(
+    {"channel": {"enum": ["store", "online"]}, "store": _SLUG,
+     "device": {**_SLUG, "description": "The till, or online for an order paid online."},
+     "reference": _REFERENCE, "sale_id": {"type": "string", "minLength": 1, "maxLength": 64}, "time": _TIME,
+     "total": {"type": ["integer", "null"], "description": "Paid, minor units (null: an order without prices)."},
+     "currency": {"type": ["string", "null"], "pattern": "^[A-Z]{3}$"},
+     "refunded": {**_MINOR, "minimum": 0, "description": "Refunded so far at any till."},
+     "returnable": {"type": "boolean",
+                    "description": "A till of the asking store can take a return of it: something is left."}},
+    ["channel", "store", "device", "reference", "sale_id", "time", "total", "currency", "refunded", "returnable"],
+)  # fmt: skip
 _CUSTOMER_EVENT = _obj(
     {"id": _CUSTOMER_ID, **_CUSTOMER_FIELDS,
      "redacted": {"const": True, "description": "The personal data was removed on the till (erasure)."}},
@@ -437,6 +452,8 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         {"id": _ORDER_ID, "version": _VERSION,
          "status": _ORDER_STATUS, "time": _TIME,
          "customer": {"type": "string", "maxLength": 200},
+         "customer_id": {**_CUSTOMER_ID, "description": "The shop's customer id: a paid, collected or shipped "
+                         "order is part of their purchase history (docs/customers.md)."},
          "currency": {"type": "string", "pattern": "^[A-Z]{3}$"}, "paid_at": _TIME,
          "lines": {"type": "array", "minItems": 1, "maxItems": 500, "items": _ORDER_LINE},
          "kind": {"enum": ["pickup", "ship"], "description": "pickup (the default) or ship-from-store."},
@@ -495,6 +512,15 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "customer-lookup-result": _doc("customer-lookup-result", "The customers a token names (not_found when "
                                    "none); a till caches only those who consented.", _obj(
         {"customers": {"type": "array", "minItems": 1, "maxItems": 10, "items": _CUSTOMER_RECORD}}, ["customers"])),
+    "customer-history-request": _doc("customer-history-request", "A till asks a customer's purchases at every "
+                                     "till and online, newest first.", _obj(
+        {"id": _UUID_ANY, "customer": _CUSTOMER_ID,
+         "limit": {"type": "integer", "minimum": 1, "maximum": 50, "description": "At most this many (default 20)."},
+         "before": _CURSOR}, ["id", "customer"])),
+    "customer-history-result": _doc("customer-history-result", "A customer's purchases, newest first (not_found "
+                                    "for an unknown or erased customer); next pages further back.", _obj(
+        {"customer": _CUSTOMER_ID, "purchases": {"type": "array", "maxItems": 50, "items": _PURCHASE},
+         "next": _CURSOR}, ["customer", "purchases"])),
     "customers-revoked": _doc("customers-revoked", "Customers tills must no longer keep (retained): erased, or "
                               "consent withdrawn, at the shop's record version; the last 90 days.", _obj(
         {"version": _VERSION, "time": _TIME,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -234,6 +235,21 @@ def test_mutating_endpoints_refuse_missing_bad_and_expired_sessions(api: Api, ru
             assert status == 401, (method, path, token, err)
             assert err["error"]["code"] == "unauthenticated"
     assert api.head() == head, "a refused request recorded something"
+
+
+#: Reading endpoints that need no session.
+PUBLIC_READS = {"/api/v1/health", "/api/v1/ui"}
+
+
+def test_reading_endpoints_refuse_missing_and_bad_sessions(api: Api, running: DaemonThread) -> None:
+    doc = httpx.get(running.url + "/api/v1/openapi.json").json()
+    reads = [p for p, ops in doc["paths"].items() if "get" in ops and p not in PUBLIC_READS]
+    assert "/api/v1/customers/{customer_id}/history" in reads
+    for path in reads:
+        filled = re.sub(r"\{[a-z_]+\}", "x1", path).removeprefix("/api/v1")
+        for token in (None, "not-a-session-token"):
+            status, err = api.get(filled, token)
+            assert status == 401 and err["error"]["code"] == "unauthenticated", (path, token, err)
 
 
 def test_roles_without_permission_are_refused(api: Api, running: DaemonThread) -> None:

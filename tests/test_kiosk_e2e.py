@@ -290,6 +290,12 @@ def _approve(page: Any) -> None:
     page.press("#approver-pin", "Enter")
 
 
+def _press(page: Any, key: str) -> None:
+    """Press a till shortcut once no dialog is open (the screen ignores shortcuts while one is)."""
+    expect(page.locator("dialog[open]")).to_have_count(0)
+    page.keyboard.press(key)
+
+
 def test_cashier_approvals_park_return_and_z_report(page: Any, tmp_path: Path, threads_joined: None) -> None:
     with start(tmp_path / "data") as running:
         page.goto(running.url + "/cashier")
@@ -306,17 +312,17 @@ def test_cashier_approvals_park_return_and_z_report(page: Any, tmp_path: Path, t
         page.press("dialog input >> nth=2", "Enter")
         _approve(page)
         expect(page.locator("#t-due")).to_have_text("0,39\xa0€")
-        page.keyboard.press("F10")  # park
+        _press(page, "F10")  # park
         expect(page.locator("#lines tbody tr")).to_have_count(0)
-        page.keyboard.press("Control+F10")  # resume
+        _press(page, "Control+F10")  # resume
         page.click("dialog .grid button")
         expect(page.locator("#lines tbody tr")).to_have_count(1)
-        page.keyboard.press("F4")
+        _press(page, "F4")
         page.wait_for_selector("#tendered")
         page.press("#tendered", "Enter")  # exact cash
         page.wait_for_selector("dialog pre.receipt")
         page.click("dialog button.primary")
-        page.keyboard.press("F11")  # return it
+        _press(page, "F11")  # return it
         page.fill("dialog input", "TB-till-1-000001")
         page.press("dialog input", "Enter")
         page.check("dialog input[type=checkbox]")
@@ -324,7 +330,7 @@ def test_cashier_approvals_park_return_and_z_report(page: Any, tmp_path: Path, t
         _approve(page)
         expect(page.locator("dialog pre.receipt")).to_contain_text("RETURN")
         page.click("dialog button.primary")
-        page.keyboard.press("F12")
+        _press(page, "F12")
         page.click("dialog button:has-text('Close shift')")
         page.fill("dialog input", "100")
         page.press("dialog input", "Enter")

@@ -349,8 +349,9 @@ function customerDialog() {
   q.focus();
 }
 
-function returnsDialog() {
-  const ref = h("input", { "aria-label": "Receipt reference", placeholder: "Receipt reference (scan the receipt)" });
+// A receipted return; `reference` (a receipt reference or order id) fills the field and looks the sale up.
+function returnsDialog(reference = "") {
+  const ref = h("input", { "aria-label": "Receipt reference", placeholder: "Receipt reference (scan the receipt)", value: reference });
   const box = h("div");
   const dlg = modal("Returns and exchanges", h("div", {},
     h("form", { onsubmit: async (ev) => {
@@ -374,7 +375,10 @@ function returnsDialog() {
           h("button", { type: "button", onclick: () => act("/exchanges") }, "Exchange against this sale")));
     } }, ref), box));
   ref.focus();
+  if (reference) ref.form.requestSubmit();
 }
+// The customer panel's purchase history starts a return of one of them (customers.js).
+document.addEventListener("tillbox:return", (ev) => { if (state.token) returnsDialog(ev.detail.reference); });
 
 function shiftDialog() {
   const out = h("pre", { class: "receipt hidden" });
@@ -413,7 +417,7 @@ function helpDialog() {
 
 const ACTIONS = {
   "b-qty": quantity, "b-search": () => searchDialog(), "b-cash": cashDialog, "b-card": cardDialog, "b-discount": discountChoice,
-  "b-coupon": coupon, "b-void": voidLine, "b-price": priceOverride, "b-park": park, "b-resume": resume, "b-returns": returnsDialog,
+  "b-coupon": coupon, "b-void": voidLine, "b-price": priceOverride, "b-park": park, "b-resume": resume, "b-returns": () => returnsDialog(),
   "b-shift": shiftDialog, "b-customer": customerDialog, "b-reprint": reprint, "b-cancel": cancelSale, "b-help": helpDialog,
 };
 for (const [id, fn] of Object.entries(ACTIONS)) $(`#${id}`).addEventListener("click", fn);

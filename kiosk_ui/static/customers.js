@@ -1,7 +1,10 @@
 // Customer panel of the cashier screen: identify a customer at the shop by phone, email,
 // loyalty card, badge or the QR code of the shop's app, and attach them to the open sale;
 // register a new customer. The shop answers when it can; offline only customers kept on
-// this till (with their consent) are found. See docs/customers.md.
+// this till (with their consent) are found. Once a customer is identified, "Purchases"
+// lists what they bought at every till and online (the shop's record, never kept here);
+// "Return" opens the cashier screen's receipted return with the purchase's reference
+// (the "tillbox:return" event, handled in cashier.js). See docs/customers.md.
 import { $, announce, api, h } from "/static/common.js";
 
 function label(c, source) {
@@ -13,6 +16,7 @@ function label(c, source) {
 function build(root) {
   const msg = h("div", { class: "notice hidden", role: "alert" });
   const result = h("div", { id: "customer-result", "aria-live": "polite" });
+  const history = h("div", { id: "customer-history", "aria-live": "polite" });
   const token = h("input", { id: "customer-token", class: "grow", autocomplete: "off", maxlength: "200",
     placeholder: "Phone, email, card or app QR", "aria-label": "Customer phone, email, card number or app QR code" });
   // typing here must not reach the cashier's shortcuts (Delete voids a line)
@@ -20,13 +24,33 @@ function build(root) {
   token.addEventListener("keydown", keep);
 
   const attach = async (c) => {
-    try { await api("/cart/customer", { method: "POST", body: { customer_id: c.id } }); announce(msg, `${c.name} attached to the sale`, "info"); }
+    try { await api("/cart/customer", { method: "POST", body: { customer_id: c.id } }); announce(msg, `${c.name} attached to the sale`, "info"); purchases(c); }
     catch (e) { announce(msg, e.message, "error"); }
   };
   const consent = async (c, source) => {
     try { show(await api(`/customers/${encodeURIComponent(c.id)}/consent`, { method: "POST", body: { consent: !c.consent } }), source); }
     catch (e) { announce(msg, e.message, "error"); }
   };
+  // The customer's purchases, newest first; "More" asks for the page before the last one shown.
+  function purchase(p) {
+    const text = [p.date, p.where, p.reference, p.total ? p.total.text : "–", p.refunded ? `refunded ${p.refunded.text}` : null];
+    return h("div", { class: "row purchase", "data-reference": p.reference },
+      h("span", { class: "grow" }, text.filter(Boolean).join(" · ")),
+      p.returnable ? h("button", { type: "button", onclick: () =>
+        document.dispatchEvent(new CustomEvent("tillbox:return", { detail: { reference: p.reference } })) }, "Return") : null);
+  }
+  async function purchases(c, before = null) {
+    const query = before ? `?before=${encodeURIComponent(before)}` : "";
+    let res;
+    try { res = await api(`/customers/${encodeURIComponent(c.id)}/history${query}`); }
+    catch (e) { history.replaceChildren(h("h3", {}, "Purchases"), h("p", { class: "muted" }, e.message)); return; }
+    if (!before) history.replaceChildren(h("h3", {}, `Purchases · ${c.name}`));
+    history.querySelector("button.more")?.remove();
+    history.append(...res.purchases.map(purchase));
+    if (!before && !res.purchases.length) history.append(h("p", { class: "muted" }, "No purchases yet"));
+    if (res.next) history.append(h("button", { type: "button", class: "more", onclick: () => purchases(c, res.next) }, "More"));
+  }
+
   function row(c, source, attached) {
     return h("div", { class: "row", "data-customer": c.id },
       h("span", { class: "grow" }, label(c, source)),
@@ -38,6 +62,8 @@ function build(root) {
     const list = res.customers || (res.customer ? [res.customer] : []);
     result.replaceChildren(...list.map((c) => row(c, source, Boolean(res.cart))));
     if (list.length > 1) announce(msg, `${list.length} customers match: pick one`, "info");
+    history.replaceChildren();
+    if (list.length === 1 && source !== "till") purchases(list[0]);
   }
   async function identify(path, body) {
     try { show(await api(path, { method: "POST", body })); token.value = ""; }
@@ -67,7 +93,7 @@ function build(root) {
   h("button", { type: "submit" }, "Register"));
   const details = h("details", {}, h("summary", {}, "New customer"), form);
 
-  root.replaceChildren(find, msg, result, details);
+  root.replaceChildren(find, msg, result, history, details);
 }
 
 const root = $("#customer-panel");
