@@ -223,6 +223,13 @@ def fat_mkdir(img: Path, offset: int, *names: str) -> None:
                    env=_mtools_env(), capture_output=True)  # fmt: skip
 
 
+def fat_del(img: Path, offset: int, name: str) -> None:
+    """Delete a file from the FAT partition at ``offset`` (nothing when it is not there)."""
+    if fat_get(img, offset, name) is not None:
+        subprocess.run(["mdel", "-i", f"{img}@@{offset}", f"::{name}"], check=True, env=_mtools_env(),
+                       capture_output=True)  # fmt: skip
+
+
 def ext4_at(img: Path, offset: int) -> str:
     """The ext4 filesystem at ``offset`` in an image, as e2fsprogs tools open it (no copy, no loop device)."""
     return f"{img}?offset={offset}"
@@ -254,6 +261,16 @@ def ext4_rdump(fs: Path | str, path: str, dest: Path) -> Path:
     if not out.is_dir():
         raise QemuError(f"debugfs could not copy {path} out of {fs}")
     return out
+
+
+def ext4_put(fs: Path | str, src: Path, dest: str, mode: int = 0o644) -> None:
+    """Write a new file ``dest`` (in an existing directory) into an ext4 image, owned by root."""
+    directory, name = dest.rsplit("/", 1)
+    script = "\n".join([f"cd {directory or '/'}", f"write {src} {name}", f"sif {name} mode 0{0o100000 | mode:o}",
+                        f"sif {name} uid 0", f"sif {name} gid 0", ""])  # fmt: skip
+    subprocess.run(["debugfs", "-w", "-f", "-", str(fs)], input=script, text=True, capture_output=True, check=True)
+    if ext4_read(fs, dest) != src.read_bytes():
+        raise QemuError(f"debugfs could not write {dest} into {fs}")
 
 
 def fsck_clean(fs: Path | str) -> tuple[bool, str]:

@@ -18,6 +18,9 @@ One test runs the whole story, so that pytest-xdist never splits it (and boots t
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import json
 import os
 import re
@@ -25,6 +28,8 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +38,7 @@ import pytest
 
 from appliance import provision
 from image import build, qemu, recipe
-from sync.testing import Mosquitto, find_mosquitto
+from sync.testing import Collector, Mosquitto, find_mosquitto
 
 pytestmark = pytest.mark.slow
 
@@ -126,6 +131,8 @@ class Bundles:
     good_version: str
     broken: Path
     broken_version: str
+    shop: Path
+    shop_version: str
 
 
 def _tillbox(*args: str) -> str:
@@ -153,22 +160,23 @@ def bundles(artifacts: qemu.Artifacts, workdir: Path) -> Bundles:
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     (keys / "lab.pem").write_bytes(public)
     version = artifacts.info["version"]
-    good, broken = f"{version}+lab1", f"{version}+broken"
+    good, broken, shop = f"{version}+lab1", f"{version}+broken", f"{version}+shop2"
     # The installed venv, straight from the image's root filesystem; it says it is the new version.
     root_fs = qemu.ext4_at(artifacts.image, artifacts.partition("TB_ROOT")[0])
     venv = qemu.ext4_rdump(root_fs, f"{recipe.INSTALL_ROOT}/versions/{version}", workdir / "extracted")
     (metadata,) = venv.glob("lib/python3*/site-packages/tillbox-*.dist-info/METADATA")
     text = metadata.read_text()
     assert f"\nVersion: {version}\n" in text
-    metadata.write_text(text.replace(f"\nVersion: {version}\n", f"\nVersion: {good}\n", 1))
-    _tillbox("update", "build", str(venv), "--version", good, "--key", str(secret), "--out", str(workdir / "good.tar"))
+    for release, name in ((good, "good.tar"), (shop, "shop.tar")):
+        metadata.write_text(text.replace(f"\nVersion: {version}\n", f"\nVersion: {release}\n", 1))
+        _tillbox("update", "build", str(venv), "--version", release, "--key", str(secret), "--out", str(workdir / name))
     bad = workdir / "broken" / "bin"
     bad.mkdir(parents=True)
     (bad / "tillbox").write_text("#!/bin/sh\necho 'tillbox: this build is broken' >&2\nexit 1\n")
     (bad / "tillbox").chmod(0o755)
     _tillbox("update", "build", str(bad.parent), "--version", broken, "--key", str(secret), "--out",
              str(workdir / "broken.tar"))  # fmt: skip
-    return Bundles(keys, workdir / "good.tar", good, workdir / "broken.tar", broken)
+    return Bundles(keys, workdir / "good.tar", good, workdir / "broken.tar", broken, workdir / "shop.tar", shop)
 
 
 @dataclass
@@ -286,6 +294,12 @@ def test_card_provisions_updates_and_rolls_back(artifacts: qemu.Artifacts, broke
     _check_second_boot_runs_the_update_and_its_gate_confirms_it(artifacts, card, second, bundles)
     _check_a_broken_update_is_rolled_back(artifacts, card, second, bundles)
     _check_second_boot_keeps_the_machine_id_and_the_settings(card, second)
+
+    # Third boot: the shop delivers an update over the network; nothing is left on the boot partition.
+    third = _third_boot_the_shop_delivers_an_update(artifacts, card, broker, bundles, workdir)
+    _record({"shop_update_installed_s": round(third.times["installed_s"], 1),
+             "shop_update_gated_s": round(third.times["gated_s"], 1)})  # fmt: skip
+    _check_the_delivered_update_runs_and_passed_its_gate(artifacts, card, third, bundles, workdir)
 
 
 def _check_first_boot_provisions_and_serves_health(artifacts: qemu.Artifacts, card: Card, hub: Path,
@@ -409,3 +423,119 @@ def _check_second_boot_keeps_the_machine_id_and_the_settings(card: Card, second:
         assert second.report[key] == card.first.report[key], key
     assert "tillbox: data partition: CHANGED" not in second.console
     assert "tillbox: data partition: CHANGED" in card.first.console
+
+
+@dataclass
+class Delivery:
+    """What the third boot showed: the till's update status reports and the health before and after."""
+
+    console: str
+    statuses: list[dict[str, object]]
+    health_before: dict[str, object]
+    health_after: dict[str, object]
+    times: dict[str, float]
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def _third_boot_the_shop_delivers_an_update(artifacts: qemu.Artifacts, card: Card, broker: Mosquitto,
+                                            bundles: Bundles, workdir: Path) -> Delivery:  # fmt: skip
+    """The shop allows plain http for this lab (desired config), then offers a bundle; the till does the rest.
+
+    The card trusts the test's release key in ``/etc/tillbox/update-keys`` (written into the
+    powered-off root, as an image built with ``--update-key`` would have it). The bundle is
+    served over http from the host; the till reaches it at 10.0.2.2.
+    """
+    boot_offset, _ = artifacts.partition("TB_BOOT")
+    for name in ("update.tar", "apply-now"):
+        qemu.fat_del(card.disk, boot_offset, f"{recipe.LAB_DIR}/{name}")
+    root_fs = qemu.ext4_at(card.disk, artifacts.partition("TB_ROOT")[0])
+    qemu.ext4_put(root_fs, bundles.keys / "lab.pem", "/etc/tillbox/update-keys/lab.pem")
+    www = workdir / "www"
+    www.mkdir()
+    shutil.copy(bundles.shop, www / "shop.tar")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(www)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    prefix = f"tillbox/v1/{STORE}/{DEVICE}"
+    watch = Collector(broker.url, [f"{prefix}/status/update", f"{prefix}/cfg/reported"])
+
+    def retained(topic: str, doc: dict[str, object]) -> None:
+        watch.client.publish(topic, json.dumps(doc), qos=1, retain=True).wait_for_publish(10)
+
+    def seen(topic: str) -> list[dict[str, object]]:
+        return [json.loads(p) for t, p in watch.wait(0, 0) if t == topic and p]
+
+    def wait_for(topic: str, want: dict[str, object], timeout: float) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if any(all(doc.get(k) == v for k, v in want.items()) for doc in seen(topic)):
+                return time.monotonic() - started
+            if guest.proc.poll() is not None:
+                raise qemu.QemuError("QEMU exited")
+            time.sleep(0.5)
+        raise AssertionError(f"no {want} on {topic} within {timeout:.0f} s; seen {seen(topic)}")
+
+    guest = qemu.boot(
+        artifacts, card.disk, workdir / "serial-3.log", extra_cmdline=("systemd.journald.forward_to_console=1",)
+    )
+    times: dict[str, float] = {}
+    try:
+        times["healthy_s"], before = guest.wait_healthy(BOOT_TIMEOUT)
+        retained(f"{prefix}/cfg/desired", {"version": 1, "values": {"update.allow_http": True}})
+        # The daemon accepts it and restarts itself (the till is idle) so that it takes effect.
+        times["config_applied_s"] = wait_for(f"{prefix}/cfg/reported", {"version": 1, "status": "applied"},
+                                             BOOT_TIMEOUT)  # fmt: skip
+        size = bundles.shop.stat().st_size
+        offer = {"version": 1, "release": bundles.shop_version, "url": f"http://10.0.2.2:{server.server_port}/shop.tar",
+                 "sha256": hashlib.sha256(bundles.shop.read_bytes()).hexdigest(), "size": size,
+                 "time": "2026-03-02T09:30:00.000Z"}  # fmt: skip
+        retained(f"tillbox/v1/{STORE}/update/offer", offer)
+        want: dict[str, object] = {"release": bundles.shop_version, "state": "installed"}
+        times["installed_s"] = wait_for(f"{prefix}/status/update", want, UPDATE_TIMEOUT)
+        times["gated_s"] = guest.wait_console(f"version {bundles.shop_version} is good", UPDATE_TIMEOUT)
+        # Power off only once the apply unit is through (it waits for the gate it started).
+        guest.wait_console(
+            "Finished tillbox-update-apply.service", UPDATE_TIMEOUT, after=f"{bundles.shop_version} is good"
+        )
+        _, after = guest.wait_healthy(BOOT_TIMEOUT)
+        guest.powerdown()
+        guest.stop(timeout=120)
+    except BaseException:
+        guest.proc.kill()
+        guest.proc.wait()
+        sys.stderr.write(guest.console()[-6000:])
+        raise
+    finally:
+        watch.close()
+        server.shutdown()
+        server.server_close()
+    return Delivery(guest.console(), seen(f"{prefix}/status/update"), before, after, times)
+
+
+def _check_the_delivered_update_runs_and_passed_its_gate(artifacts: qemu.Artifacts, card: Card, third: Delivery,
+                                                         bundles: Bundles, workdir: Path) -> None:  # fmt: skip
+    assert third.health_before.get("version") == bundles.good_version
+    assert third.health_after.get("status") == "ok" and third.health_after.get("version") == bundles.shop_version
+    states = [doc["state"] for doc in third.statuses if doc.get("release") == bundles.shop_version]
+    assert states[:1] == ["downloading"] and "ready" in states and states[-1] == "installed", third.statuses
+    assert "tillbox-lab-update: " not in third.console, "the lab update had nothing to do"
+    # Root took it from ready/ through the path unit, restarted the daemon and ran the gate.
+    assert "Finished tillbox-update-apply.service" in third.console
+    assert "tillbox-update-apply.service: Failed" not in third.console and "tillbox: error" not in third.console
+    root = _root(artifacts, card.disk)
+    assert root["clean"], root["fsck"]
+    assert (
+        root["current"] == f"versions/{bundles.shop_version}" and root["previous"] == f"versions/{bundles.good_version}"
+    )
+    assert root["versions"] == sorted([bundles.good_version, bundles.shop_version])
+    state = root["state"]
+    assert isinstance(state, dict) and state["pending"] is None and bundles.shop_version not in state["failed"]
+    offset, size = artifacts.partition("TB_DATA")
+    data = qemu.extract_partition(card.disk, offset, size + GROW, workdir / "data-3.ext4")
+    qemu.fsck(data)
+    assert qemu.ext4_ls(data, "/updates/ready") == [], "the bundle left ready/ once installed"
+    result = json.loads(qemu.ext4_read(data, "/updates/result.json") or b"{}")
+    assert result.get("state") == "installed" and result.get("release") == bundles.shop_version, result
