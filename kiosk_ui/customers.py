@@ -18,7 +18,7 @@ from fastapi import Path as PathParam
 from pydantic import Field, StringConstraints
 
 from appliance.customers import HISTORY_LIMIT, HISTORY_MAX, Customer, History, Purchase, check_id
-from appliance.errors import TillboxError
+from appliance.errors import DeviceUnavailable, TillboxError
 from appliance.money import Currency
 from appliance.staff import Action
 from kiosk_ui.app import S
@@ -88,7 +88,8 @@ def purchase_view(daemon: Daemon, p: Purchase) -> dict[str, Any]:
 
 
 def history_view(daemon: Daemon, h: History) -> dict[str, Any]:
-    return {"customer": h.customer, "purchases": [purchase_view(daemon, p) for p in h.purchases], "next": h.next}
+    return {"customer": h.customer, "purchases": [purchase_view(daemon, p) for p in h.purchases], "next": h.next,
+            "available": True, "message": None}  # fmt: skip
 
 
 def _seller(daemon: Daemon, session: Session) -> None:
@@ -165,7 +166,10 @@ def create_router(daemon: Daemon) -> APIRouter:
                       before: Cursor = None) -> dict[str, Any]:  # fmt: skip
         _seller(daemon, s)
         ask = functools.partial(daemon.t.customers.history, check_id(customer_id), limit, before=before)
-        found = await daemon._io(ask)
+        try:
+            found = await daemon._io(ask)
+        except DeviceUnavailable as exc:  # offline is a normal state of a till, not a failure of this API
+            return {"customer": customer_id, "purchases": [], "next": None, "available": False, "message": str(exc)}
         return history_view(daemon, found)
 
     @api.post("/{customer_id}/erase", summary="Erase a customer's personal data here and at the shop")

@@ -5,6 +5,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+#: Jitter comes from a generator of its own: the global one belongs to the application (and to
+#: Hypothesis, which notices when another thread moves it).
+_JITTER = random.Random()
+
 
 class Backoff:
     """Reconnect delays that double from ``initial`` up to ``cap``.
@@ -20,7 +24,7 @@ class Backoff:
         cap: float = 60.0,
         *,
         jitter: float = 0.0,
-        rand: Callable[[], float] = random.random,
+        rand: Callable[[], float] = _JITTER.random,
     ) -> None:
         if initial <= 0 or cap < initial:
             raise ValueError(f"back-off needs 0 < initial <= cap, got {initial} and {cap}")

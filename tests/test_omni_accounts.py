@@ -89,13 +89,15 @@ def shop(tmp_path: Path) -> Iterator[Shop]:
     with Mosquitto(tmp_path / "broker") as broker:
         link = LinkSettings.from_urls([broker.url], "hub", backoff_initial=0.05, backoff_cap=0.2)
         hub = Hub(tmp_path / "hub", link).start()
+        shop = Shop(broker, hub, configs, tills, services)
         try:
             assert wait_until(lambda: hub.link.connected)
-            yield Shop(broker, hub, configs, tills, services)
+            yield shop
         finally:
             for svc in services:
                 svc.close()
             hub.close()
+            shop.hub.close()  # a test may have started another hub in its place
             for till in tills:
                 till.ledger.close()
 

@@ -44,6 +44,7 @@ function build(root) {
     let res;
     try { res = await api(`/customers/${encodeURIComponent(c.id)}/history${query}`); }
     catch (e) { history.replaceChildren(h("h3", {}, "Purchases"), h("p", { class: "muted" }, e.message)); return; }
+    if (res.available === false) { history.replaceChildren(h("h3", {}, "Purchases"), h("p", { class: "muted" }, res.message)); return; }
     if (!before) history.replaceChildren(h("h3", {}, `Purchases · ${c.name}`));
     history.querySelector("button.more")?.remove();
     history.append(...res.purchases.map(purchase));
