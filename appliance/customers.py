@@ -315,7 +315,9 @@ def apply_revoked(conn: sqlite3.Connection, entries: Sequence[Mapping[str, Any]]
     """Apply the shop's ``customers-revoked`` entries: drop what the till holds of each; returns how many.
 
     An ``erased`` customer leaves a tombstone and has every outbox event redacted; a
-    ``withdrawn`` consent drops the cached row unless it was refreshed at a later version.
+    ``withdrawn`` consent drops the cached row unless it was refreshed at a later version. A
+    customer ``merged`` into another record is dropped like a withdrawn consent (the person
+    still exists, as ``merged_into``; the shop maps the old id in sales and loyalty events).
     """
     local = {str(r[0]): (r[1], r[2] is not None)
              for r in conn.execute("SELECT id, version, erased_at FROM customers")}  # fmt: skip

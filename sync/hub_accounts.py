@@ -44,6 +44,8 @@ EVENTS: Final = ("tillbox.stored_value.moved", "tillbox.loyalty.moved")
 ONLINE: Final = "online"
 
 _CREDITS: Final = frozenset({"issue", "top_up", "refund", "earn"})
+#: The pair of movements that carries a merged customer's points to the kept one (never reversed).
+MERGE_OPS: Final = ("merge_out", "merge_in")
 _ALPHABET: Final = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
 _SCHEMA = """
@@ -116,7 +118,7 @@ class Accounts:
         db = self.hub.db
         seen = db.execute("SELECT book, account, op FROM acct_moves WHERE id = ?", (m.id,)).fetchone()
         if seen is not None:
-            if (seen[0], seen[1]) != (m.book, m.account):
+            if (seen[0], self._current(str(seen[0]), str(seen[1]))) != (m.book, m.account):
                 if strict:
                     raise InputError(f"movement {m.id} was already used for another account")
                 self._conflict(m, f"movement {m.id} arrived for {m.account} but was applied to {seen[1]}")
@@ -179,7 +181,8 @@ class Accounts:
             assert m.reverses is not None
             self._record(m, m.reverses, "cancelled", 0, int(balance[0]) if balance else 0)
             return 0
-        if (str(target[0]), str(target[1])) != (m.book, m.account) or target[2] in ("reverse", "cancelled"):
+        if (str(target[0]), self._current(str(target[0]), str(target[1]))) != (m.book, m.account) or \
+                target[2] in ("reverse", "cancelled", *MERGE_OPS):  # fmt: skip
             raise InputError(f"movement {m.reverses} cannot be reversed on {m.account}")
         done = db.execute("SELECT 1 FROM acct_moves WHERE reverses = ? AND op = 'reverse'", (m.reverses,)).fetchone()
         if done is not None:
@@ -249,9 +252,31 @@ class Accounts:
         return row.fetchone() is not None
 
     def _customer(self, value: str) -> str:
-        """The customer id behind a loyalty card number (or the value itself)."""
+        """The customer id behind a loyalty card number (or the value itself); a merged customer's is the kept one."""
         row = self.hub.db.execute("SELECT customer FROM loyalty_cards WHERE card = ?", (value,)).fetchone()
-        return str(row[0]) if row else value
+        return self.hub.customers.canonical(str(row[0]) if row else value)
+
+    def _current(self, book: str, account: str) -> str:
+        """The account a past movement's account is now: for points, a merged customer's is the kept one."""
+        return self.hub.customers.canonical(account) if book == LOYALTY else account
+
+    def merge_points(self, duplicate: str, keep: str, *, ref: str, staff: str | None) -> int:
+        """Move a merged customer's points and loyalty cards to the kept one (hub thread, caller's transaction).
+
+        The balance travels as a pair of movements, ``merge_out`` on the duplicate and ``merge_in``
+        on the kept customer, both with ``ref``; returns the points moved (none: no movements).
+        """
+        db = self.hub.db
+        db.execute("UPDATE loyalty_cards SET customer = ? WHERE customer = ?", (keep, duplicate))
+        row = db.execute("SELECT balance FROM acct_balances WHERE book = ? AND account = ?",
+                         (LOYALTY, duplicate)).fetchone()  # fmt: skip
+        points = int(row[0]) if row else 0
+        if points:
+            out = Movement(id=_move_id(None), book=LOYALTY, op="merge_out", account=duplicate, currency="",
+                           kind=LOYALTY, delta=-points, ref=ref, staff=staff, time=self.hub._now())  # fmt: skip
+            self._apply(out, strict=False)
+            self._apply(replace(out, id=_move_id(None), op="merge_in", account=keep, delta=points), strict=False)
+        return points
 
     # -- requests from tills (hub thread, inside the request's transaction) ----------------------
 
@@ -370,7 +395,7 @@ class Accounts:
         if book == LOYALTY:
             m = Movement(id=_move_id(move_id), book=LOYALTY, op="reverse", account=account, currency="",
                          kind=LOYALTY, reverses=reverses.lower(), ref=ref)  # fmt: skip
-            return self._online(lambda: self._apply(m, strict=True))
+            return self._online(lambda: self._apply(replace(m, account=self._current(LOYALTY, account)), strict=True))
         return self._sv("reverse", account, self.balance(account)["currency"], None, kind=self._kind(account),
                         move_id=move_id, reverses=reverses.lower(), ref=ref)  # fmt: skip
 

@@ -12,7 +12,10 @@ shop-wide counter. The hub:
 - publishes the retained ``tillbox/v1/{store}/customers/revoked`` document after every
   erasure or withdrawn consent, so every till drops what it holds of the customer;
 - offers the shop's side: :meth:`HubCustomers.create`, ``update``, ``set_consent``,
-  ``erase`` and ``app_token`` (the QR code of the shop's app).
+  ``erase``, ``merge`` and ``app_token`` (the QR code of the shop's app).
+
+A merged duplicate stays as a tombstone naming the kept customer (``merged_into``); every
+customer id the hub receives later (lookups, sales, orders, loyalty) is mapped to the kept one.
 
 The hub also keeps each customer's purchase history (table ``customer_purchases``): every
 sale a till reports with a ``customer_id`` and every online order that names one and is
@@ -44,6 +47,7 @@ from appliance.customers import (
     LOOKUP,
     MAX_MATCHES,
     PERSONAL_EVENTS,
+    TokenKind,
     check_contact,
     check_id,
     classify,
@@ -76,7 +80,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS customers(
     id TEXT PRIMARY KEY, version INTEGER NOT NULL, name TEXT, email TEXT, phone TEXT, phone_key TEXT, card TEXT,
     badge TEXT, consent INTEGER NOT NULL DEFAULT 0, consent_at TEXT, qr_sha256 TEXT, origin TEXT NOT NULL,
-    created_at TEXT NOT NULL, updated_at TEXT NOT NULL, erased_at TEXT);
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL, erased_at TEXT, merged_into TEXT);
 CREATE INDEX IF NOT EXISTS customers_by_email ON customers(email);
 CREATE INDEX IF NOT EXISTS customers_by_phone ON customers(phone_key);
 CREATE INDEX IF NOT EXISTS customers_by_card ON customers(card);
@@ -90,6 +94,9 @@ CREATE TABLE IF NOT EXISTS customer_purchases(
     PRIMARY KEY(store, sale_id));
 CREATE INDEX IF NOT EXISTS customer_purchases_by_customer ON customer_purchases(customer, time, store, sale_id);
 CREATE INDEX IF NOT EXISTS customer_purchases_by_order ON customer_purchases(store, order_id);
+CREATE TABLE IF NOT EXISTS customer_merges(
+    id TEXT PRIMARY KEY, keep TEXT NOT NULL, duplicate TEXT NOT NULL UNIQUE, actor TEXT, at TEXT NOT NULL,
+    points INTEGER NOT NULL, purchases INTEGER NOT NULL);
 """
 #: Order statuses that make an order a purchase whatever its payment; cancelled and expired never do.
 _BOUGHT: Final = ("collected", "shipped")
@@ -150,6 +157,9 @@ class HubCustomers:
         self.hub = hub
         self.db: sqlite3.Connection = hub.db
         upgrade = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'customer_purchases'").fetchone() is None
+        columns = {str(r[1]) for r in self.db.execute("PRAGMA table_info(customers)")}
+        if columns and "merged_into" not in columns:  # a database from before merges
+            self.db.execute("ALTER TABLE customers ADD COLUMN merged_into TEXT")
         self.db.executescript(_SCHEMA)
         if upgrade:  # a new database, or one from before purchase histories: record what it holds
             self._backfill()
@@ -168,18 +178,54 @@ class HubCustomers:
         row = self.db.execute(f"SELECT {_COLUMNS}, erased_at FROM customers WHERE id = ?", (customer_id,)).fetchone()
         return None if row is None else tuple(row)
 
+    def _merged_into(self, customer_id: str) -> str | None:
+        """The customer a live (not erased) merged duplicate was merged into; None for any other id."""
+        row = self.db.execute("SELECT merged_into FROM customers WHERE id = ? AND erased_at IS NULL",
+                              (customer_id,)).fetchone()  # fmt: skip
+        return None if row is None or row[0] is None else str(row[0])
+
+    def _live(self, customer_id: str) -> tuple[Any, ...]:
+        """A customer's row for the shop's changes; NotFound when unknown or erased, InputError when merged."""
+        row = self._row(customer_id)
+        if row is None:
+            raise NotFound(f"no customer {customer_id}")
+        if row[10] is not None:
+            raise NotFound(f"customer {customer_id} is erased")
+        merged = self._merged_into(customer_id)
+        if merged is not None:
+            raise InputError(f"customer {customer_id} was merged into {merged}")
+        return row
+
     def _lookup(self, store: str, device: str, request: Mapping[str, Any]) -> dict[str, Any]:
         """``customer-lookup``: the customers a token names (at most 10); NotFound when none."""
         self.db.execute("INSERT OR IGNORE INTO customer_stores(store) VALUES (?)", (store,))
         kind, value = classify(str(request["token"]))
-        where, args = match_sql(kind, value)
+        ids = self._matches(kind, value)
+        marks = ",".join("?" * len(ids))
         rows = self.db.execute(
-            f"SELECT {_COLUMNS} FROM customers WHERE erased_at IS NULL AND {where} ORDER BY name, id "
-            f"LIMIT {MAX_MATCHES}", args
+            f"SELECT {_COLUMNS} FROM customers WHERE erased_at IS NULL AND id IN ({marks}) ORDER BY name, id "
+            f"LIMIT {MAX_MATCHES}", ids
         ).fetchall()  # fmt: skip
         if not rows:
             raise NotFound(f"no customer with {describe(kind)}")
         return {"customers": [_record(tuple(r)) for r in rows]}
+
+    def _matches(self, kind: TokenKind, value: str) -> list[str]:
+        """The ids of the live customers a classified token names; a merged customer's id names the kept one."""
+        where, args = match_sql(kind, value)
+        rows = self.db.execute(f"SELECT id, merged_into FROM customers WHERE erased_at IS NULL AND {where}", args)
+        found = [self.canonical(str(r[1])) if r[1] is not None else str(r[0]) for r in rows.fetchall()]
+        return sorted(set(found))
+
+    def canonical(self, customer_id: str) -> str:
+        """The id a customer id stands for now: the kept customer's after a merge, else itself (hub thread)."""
+        cid = customer_id
+        for _ in range(16):  # merges are flattened; the bound only guards against a damaged database
+            row = self.db.execute("SELECT merged_into FROM customers WHERE id = ?", (cid,)).fetchone()
+            if row is None or row[0] is None:
+                break
+            cid = str(row[0])
+        return cid
 
     def resolve(self, token: str) -> str:
         """The id of the one customer a token names, for other hub handlers (loyalty) on the hub thread.
@@ -187,13 +233,12 @@ class HubCustomers:
         Raises :class:`NotFound` when nobody matches and :class:`InputError` when several do.
         """
         kind, value = classify(token)
-        where, args = match_sql(kind, value)
-        rows = self.db.execute(f"SELECT id FROM customers WHERE erased_at IS NULL AND {where} LIMIT 2", args).fetchall()
-        if not rows:
+        ids = [i for i in self._matches(kind, value) if not self.erased_on_thread(i)]
+        if not ids:
             raise NotFound(f"no customer with {describe(kind)}")
-        if len(rows) > 1:
+        if len(ids) > 1:
             raise InputError(f"several customers have {describe(kind)}")
-        return str(rows[0][0])
+        return ids[0]
 
     def apply(self, store: str, device: str, type_: str, data: Mapping[str, Any]) -> None:
         """Apply a till's customer event (inside the hub's ingest transaction); a bad one is rejected, not fatal."""
@@ -211,6 +256,16 @@ class HubCustomers:
     def _apply(self, store: str, device: str, type_: str, data: Mapping[str, Any]) -> bool:
         """Apply one event; True when the revoked document must be republished."""
         cid = str(data["id"])
+        merged = self._merged_into(cid)
+        if merged is not None:  # a till still holds the old id: the person is the kept customer now
+            if type_ == "tillbox.customer.erased":
+                return self._erase(self.canonical(cid))
+            kept = self._row(self.canonical(cid))
+            at = data.get("consent_at")
+            if type_ == "tillbox.customer.updated" and "consent" in data and isinstance(at, str) and kept is not None \
+                    and kept[10] is None and (kept[8] is None or _instant(at) > _instant(str(kept[8]))):  # fmt: skip
+                return self._change(str(kept[0]), {"consent": data["consent"], "consent_at": at})
+            return False  # the rest of what a till says of the old id is the kept record's business now
         if type_ == "tillbox.customer.erased":
             return self._erase(cid)
         row = self._row(cid)
@@ -294,6 +349,9 @@ class HubCustomers:
         )
         self._unlink(cid)
         log.info("customer %s erased", cid)
+        for (merged,) in self.db.execute("SELECT id FROM customers WHERE merged_into = ? AND erased_at IS NULL",
+                                         (cid,)).fetchall():  # fmt: skip
+            self._erase(str(merged))  # the same person under an older id
         return True
 
     def _revoke(self, cid: str, version: int, reason: str) -> None:
@@ -310,7 +368,8 @@ class HubCustomers:
             if value is None:
                 continue
             other = self.db.execute(
-                f"SELECT id FROM customers WHERE {column} = ? AND id != ? AND erased_at IS NULL ORDER BY id LIMIT 1",
+                f"SELECT id FROM customers WHERE {column} = ? AND id != ? AND erased_at IS NULL "
+                "AND merged_into IS NULL ORDER BY id LIMIT 1",
                 (value, cid),
             ).fetchone()
             if other is not None:
@@ -322,9 +381,14 @@ class HubCustomers:
         """Publish the retained ``customers/revoked`` document to every store the hub knows."""
         cutoff = iso_utc(self.hub.clock.now() - timedelta(days=REVOKED_DAYS))
         rows = self.db.execute(
-            "SELECT id, version, reason, at FROM customer_revocations WHERE at >= ? ORDER BY version", (cutoff,)
-        )
-        entries = [{"id": r[0], "version": int(r[1]), "reason": r[2], "at": r[3]} for r in rows]
+            "SELECT r.id, r.version, r.reason, r.at, c.merged_into FROM customer_revocations r "
+            "LEFT JOIN customers c ON c.id = r.id WHERE r.at >= ? ORDER BY r.version", (cutoff,)
+        )  # fmt: skip
+        entries: list[dict[str, Any]] = []
+        for r in rows:
+            entries.append({"id": r[0], "version": int(r[1]), "reason": r[2], "at": r[3]})
+            if r[2] == "merged" and r[4] is not None:
+                entries[-1]["merged_into"] = r[4]
         doc = {"version": self.hub._counter("customers-revoked", bump=True), "time": self._now(), "revoked": entries}
         validate("customers-revoked", doc)
         known = self.db.execute(
@@ -350,6 +414,7 @@ class HubCustomers:
         cid = data.get("customer_id")
         if not isinstance(cid, str) or not cid:
             return
+        cid = self.canonical(cid)  # a sale made with a merged customer's old id is the kept customer's
         if self.erased_on_thread(cid):
             self.db.execute("UPDATE events SET body = json_remove(body, '$.data.customer_id') WHERE id = ?",
                             (event_id,))  # fmt: skip
@@ -373,6 +438,7 @@ class HubCustomers:
         paid = doc.get("payment", "paid") == "paid" and bool(doc.get("paid_at"))
         bought = status in _BOUGHT or (paid and status not in ("cancelled", "expired"))
         self.db.execute("DELETE FROM customer_purchases WHERE store = ? AND order_id = ?", (store, order_id))
+        cid = self.canonical(cid) if isinstance(cid, str) else cid
         if not isinstance(cid, str) or not bought or self.erased_on_thread(cid):
             return
         total: int | None
@@ -416,10 +482,10 @@ class HubCustomers:
 
     def _history(self, store: str, device: str, request: Mapping[str, Any]) -> dict[str, Any]:
         """``customer-history``: a customer's purchases, newest first; NotFound when unknown or erased."""
-        cid = str(request["customer"])
+        cid = self.canonical(str(request["customer"]))
         row = self._row(cid)
         if row is None or row[10] is not None:
-            raise NotFound(f"no customer {cid}")
+            raise NotFound(f"no customer {request['customer']}")
         limit = int(request.get("limit", HISTORY_LIMIT))
         where, args = "customer = ?", [cid]
         if "before" in request:
@@ -508,6 +574,9 @@ class HubCustomers:
             raise InputError(f"unknown customer field(s) {', '.join(unknown)}")
         current = self.get(customer_id)
         if current is None:
+            merged = self.merged_into(customer_id)
+            if merged is not None:
+                raise InputError(f"customer {customer_id} was merged into {merged}")
             raise NotFound(f"no customer {customer_id}")
         name, email, phone = check_contact(str(fields.get("name", current["name"])), fields.get("email"),
                                            fields.get("phone"))  # fmt: skip
@@ -522,9 +591,7 @@ class HubCustomers:
 
     def _apply_change(self, customer_id: str, data: Mapping[str, Any]) -> dict[str, Any]:
         def run() -> tuple[dict[str, Any], bool]:
-            row = self._row(customer_id)
-            if row is None or row[10] is not None:
-                raise NotFound(f"no customer {customer_id}")
+            self._live(customer_id)
             withdrawn = self._change(customer_id, data)
             return self.get_on_thread(customer_id), withdrawn
 
@@ -545,14 +612,82 @@ class HubCustomers:
         self._write(run)
         self.hub._sync(self._publish_revoked)
 
+    def merge(self, keep_id: str, duplicate_id: str, *, actor: str | None = None) -> dict[str, Any]:
+        """Merge a duplicate record into the kept one; returns the kept record (docs/customers.md).
+
+        The kept record takes the duplicate's contact fields it lacks and the later consent
+        decision; the duplicate's points, loyalty cards and purchases move to it; the
+        duplicate stays a tombstone naming it, and every till drops its cached copy.
+        """
+        if keep_id == duplicate_id:
+            raise InputError("a customer cannot be merged into themselves")
+
+        def run() -> dict[str, Any]:
+            keep, dup = self._live(keep_id), self._live(duplicate_id)
+            return self._merge(keep, dup, actor)
+
+        result: dict[str, Any] = self._write(run)
+        self.hub._sync(self._publish_revoked)
+        return result
+
+    def _merge(self, keep: tuple[Any, ...], dup: tuple[Any, ...], actor: str | None) -> dict[str, Any]:
+        """Merge ``dup`` into ``keep`` (rows as :meth:`_row` reads them; hub thread, caller's transaction)."""
+        keep_id, dup_id = str(keep[0]), str(dup[0])
+        merge_id, now = uuid7(), self._now()
+        sets: dict[str, Any] = {}
+        for i, key in enumerate(("email", "phone", "card", "badge"), start=3):
+            if keep[i] is None and dup[i] is not None:
+                sets[key] = dup[i]
+        if "phone" in sets:
+            sets["phone_key"] = phone_key(str(sets["phone"]))
+        # Consent: the more recent decision (consent_at) wins, the kept record's on a tie or when neither has one.
+        if dup[8] is not None and (keep[8] is None or _instant(str(dup[8])) > _instant(str(keep[8]))):
+            sets.update(consent=int(bool(dup[7])), consent_at=dup[8])
+        withdrawn = bool(keep[7]) and "consent" in sets and not sets["consent"]
+        # The duplicate first: its contact fields must not match anyone once the kept record has them.
+        tomb = self._version()
+        self.db.execute(
+            "UPDATE customers SET version = ?, name = NULL, email = NULL, phone = NULL, phone_key = NULL, card = NULL, "
+            "badge = NULL, consent = 0, consent_at = NULL, updated_at = ?, merged_into = ? WHERE id = ?",
+            (tomb, now, keep_id, dup_id),
+        )  # the QR hash stays: the app's old code still names the customer
+        self.db.execute("UPDATE customers SET merged_into = ? WHERE merged_into = ?", (keep_id, dup_id))
+        self._revoke(dup_id, tomb, "merged")
+        version = self._version()
+        sets.update(version=version, updated_at=now)
+        self.db.execute(f"UPDATE customers SET {', '.join(f'{k} = ?' for k in sets)} WHERE id = ?",
+                        (*sets.values(), keep_id))  # fmt: skip
+        if withdrawn:
+            self._revoke(keep_id, version, "withdrawn")
+        purchases = self.db.execute("UPDATE customer_purchases SET customer = ? WHERE customer = ?",
+                                    (keep_id, dup_id)).rowcount  # fmt: skip
+        self.db.execute(
+            "DELETE FROM answers WHERE name = ? AND EXISTS (SELECT 1 FROM json_each(answers.body, "
+            "'$.result.customers') WHERE json_extract(value, '$.id') = ?)",
+            (LOOKUP, dup_id),
+        )
+        self.db.execute("DELETE FROM answers WHERE name = ? AND json_extract(body, '$.result.customer') = ?",
+                        (HISTORY, dup_id))  # fmt: skip
+        points = self.hub.accounts.merge_points(dup_id, keep_id, ref=merge_id, staff=actor)
+        self.db.execute(  # the alert that asked for this merge, whichever of the two was created second
+            "DELETE FROM alerts WHERE code = ? AND ((subject = ? AND instr(message, ?) > 0) "
+            "OR (subject = ? AND instr(message, ?) > 0))",
+            (ALERT_DUPLICATE, dup_id, f" as customer {keep_id}:", keep_id, f" as customer {dup_id}:"),
+        )
+        self.db.execute(
+            "INSERT INTO customer_merges(id, keep, duplicate, actor, at, points, purchases) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (merge_id, keep_id, dup_id, actor, now, points, purchases),
+        )
+        log.info("customer %s merged into %s (%d points, %d purchases)", dup_id, keep_id, points, purchases)
+        return self.get_on_thread(keep_id)
+
     def app_token(self, customer_id: str) -> str:
         """A new QR code for the shop's app (``TBC1:<id>:<secret>``); the previous one stops working."""
         token = qr_token(customer_id, new_qr_secret())
 
         def run() -> None:
-            row = self._row(customer_id)
-            if row is None or row[10] is not None:
-                raise NotFound(f"no customer {customer_id}")
+            self._live(customer_id)
             self.db.execute("UPDATE customers SET qr_sha256 = ?, version = ?, updated_at = ? WHERE id = ?",
                             (qr_sha256(token), self._version(), self._now(), customer_id))  # fmt: skip
 
@@ -566,9 +701,15 @@ class HubCustomers:
         return _record(row[:10])
 
     def get(self, customer_id: str) -> dict[str, Any] | None:
-        """The shop's record of a customer (None when unknown or erased); any thread."""
-        rows = self.hub.query(f"SELECT {_COLUMNS} FROM customers WHERE id = ? AND erased_at IS NULL", (customer_id,))
+        """The shop's record of a customer (None when unknown, erased or merged); any thread."""
+        rows = self.hub.query(f"SELECT {_COLUMNS} FROM customers WHERE id = ? AND erased_at IS NULL "
+                              "AND merged_into IS NULL", (customer_id,))  # fmt: skip
         return _record(rows[0]) if rows else None
+
+    def merged_into(self, customer_id: str) -> str | None:
+        """The customer a merged duplicate now is (None when not merged); any thread."""
+        rows = self.hub.query("SELECT merged_into FROM customers WHERE id = ?", (customer_id,))
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def erased(self, customer_id: str) -> bool:
         """Whether the shop has erased the customer; any thread."""

@@ -521,11 +521,13 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
                                     "for an unknown or erased customer); next pages further back.", _obj(
         {"customer": _CUSTOMER_ID, "purchases": {"type": "array", "maxItems": 50, "items": _PURCHASE},
          "next": _CURSOR}, ["customer", "purchases"])),
-    "customers-revoked": _doc("customers-revoked", "Customers tills must no longer keep (retained): erased, or "
-                              "consent withdrawn, at the shop's record version; the last 90 days.", _obj(
+    "customers-revoked": _doc("customers-revoked", "Customers tills must no longer keep (retained): erased, "
+                              "consent withdrawn, or merged into another record, at the shop's record version; the "
+                              "last 90 days.", _obj(
         {"version": _VERSION, "time": _TIME,
          "revoked": {"type": "array", "maxItems": 100000, "items": _obj(
-             {"id": _CUSTOMER_ID, "version": _VERSION, "reason": {"enum": ["erased", "withdrawn"]}, "at": _TIME},
+             {"id": _CUSTOMER_ID, "version": _VERSION, "reason": {"enum": ["erased", "withdrawn", "merged"]},
+              "at": _TIME, "merged_into": {**_CUSTOMER_ID, "description": "The kept customer (reason merged)."}},
              ["id", "version", "reason"])}},
         ["version", "revoked"])),
     "stored-value-balance-request": _doc("stored-value-balance-request", "A till asks the balance of a gift card "
