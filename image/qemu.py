@@ -7,6 +7,7 @@ the mtools/debugfs helpers to read the boot and data partitions afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -177,6 +179,19 @@ class Guest:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+    @contextlib.contextmanager
+    def powered(self) -> Iterator[Guest]:
+        """Power the guest off cleanly when the block ends; on an error kill it and show the console's end."""
+        try:
+            yield self
+            self.powerdown()
+            self.stop(timeout=120)
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait()
+            sys.stderr.write(self.console()[-6000:])
+            raise
 
 
 def boot(art: Artifacts, disk: Path, serial_log: Path, *, kvm: bool | None = None,

@@ -198,7 +198,7 @@ def _boot(art: qemu.Artifacts, disk: Path, serial: Path, *, first: bool) -> Boot
     """Boot the card, wait for health, the lab report (and the kiosk) and the lab update, then power off."""
     guest = qemu.boot(art, disk, serial, extra_cmdline=("systemd.journald.forward_to_console=1",))
     times: dict[str, float] = {}
-    try:
+    with guest.powered():
         if first:
             times["provisioned_s"] = guest.wait_console(f"provisioned as {STORE}/{DEVICE}", BOOT_TIMEOUT)
         healthy_at, health = guest.wait_healthy(BOOT_TIMEOUT)
@@ -214,13 +214,6 @@ def _boot(art: qemu.Artifacts, disk: Path, serial: Path, *, first: bool) -> Boot
             times["kiosk_after_rollback_s"] = guest.wait_console(
                 "Started tillbox-kiosk.service", 180, after="failed its health gate; rolled back"
             )
-        guest.powerdown()
-        guest.stop(timeout=120)
-    except BaseException:
-        guest.proc.kill()
-        guest.proc.wait()
-        sys.stderr.write(guest.console()[-6000:])
-        raise
     console = guest.console()
     return Boot(console, _report(console), healthy_at, health, after, times)
 
@@ -483,31 +476,25 @@ def _third_boot_the_shop_delivers_an_update(artifacts: qemu.Artifacts, card: Car
     )
     times: dict[str, float] = {}
     try:
-        times["healthy_s"], before = guest.wait_healthy(BOOT_TIMEOUT)
-        retained(f"{prefix}/cfg/desired", {"version": 1, "values": {"update.allow_http": True}})
-        # The daemon accepts it and restarts itself (the till is idle) so that it takes effect.
-        times["config_applied_s"] = wait_for(f"{prefix}/cfg/reported", {"version": 1, "status": "applied"},
-                                             BOOT_TIMEOUT)  # fmt: skip
-        size = bundles.shop.stat().st_size
-        offer = {"version": 1, "release": bundles.shop_version, "url": f"http://10.0.2.2:{server.server_port}/shop.tar",
-                 "sha256": hashlib.sha256(bundles.shop.read_bytes()).hexdigest(), "size": size,
-                 "time": "2026-03-02T09:30:00.000Z"}  # fmt: skip
-        retained(f"tillbox/v1/{STORE}/update/offer", offer)
-        want: dict[str, object] = {"release": bundles.shop_version, "state": "installed"}
-        times["installed_s"] = wait_for(f"{prefix}/status/update", want, UPDATE_TIMEOUT)
-        times["gated_s"] = guest.wait_console(f"version {bundles.shop_version} is good", UPDATE_TIMEOUT)
-        # Power off only once the apply unit is through (it waits for the gate it started).
-        guest.wait_console(
-            "Finished tillbox-update-apply.service", UPDATE_TIMEOUT, after=f"{bundles.shop_version} is good"
-        )
-        _, after = guest.wait_healthy(BOOT_TIMEOUT)
-        guest.powerdown()
-        guest.stop(timeout=120)
-    except BaseException:
-        guest.proc.kill()
-        guest.proc.wait()
-        sys.stderr.write(guest.console()[-6000:])
-        raise
+        with guest.powered():
+            times["healthy_s"], before = guest.wait_healthy(BOOT_TIMEOUT)
+            retained(f"{prefix}/cfg/desired", {"version": 1, "values": {"update.allow_http": True}})
+            # The daemon accepts it and restarts itself (the till is idle) so that it takes effect.
+            times["config_applied_s"] = wait_for(f"{prefix}/cfg/reported", {"version": 1, "status": "applied"},
+                                                 BOOT_TIMEOUT)  # fmt: skip
+            url = f"http://10.0.2.2:{server.server_port}/shop.tar"  # the host, from the guest
+            offer = {"version": 1, "release": bundles.shop_version, "url": url, "size": bundles.shop.stat().st_size,
+                     "sha256": hashlib.sha256(bundles.shop.read_bytes()).hexdigest(),
+                     "time": "2026-03-02T09:30:00.000Z"}  # fmt: skip
+            retained(f"tillbox/v1/{STORE}/update/offer", offer)
+            want: dict[str, object] = {"release": bundles.shop_version, "state": "installed"}
+            times["installed_s"] = wait_for(f"{prefix}/status/update", want, UPDATE_TIMEOUT)
+            times["gated_s"] = guest.wait_console(f"version {bundles.shop_version} is good", UPDATE_TIMEOUT)
+            # Power off only once the apply unit is through (it waits for the gate it started).
+            guest.wait_console(
+                "Finished tillbox-update-apply.service", UPDATE_TIMEOUT, after=f"{bundles.shop_version} is good"
+            )
+            _, after = guest.wait_healthy(BOOT_TIMEOUT)
     finally:
         watch.close()
         server.shutdown()
