@@ -441,10 +441,14 @@ def create_app(daemon: Daemon) -> FastAPI:
     async def live(ws: WebSocket) -> None:
         await ws.accept()
         try:
-            first = json.loads(await asyncio.wait_for(ws.receive_text(), 5))
+            first = json.loads(await asyncio.wait_for(ws.receive_text(), 10))
             token = first.get("token") if isinstance(first, dict) else None
             s = daemon.sessions.get(token if isinstance(token, str) else None)
-        except (TimeoutError, ValueError, Unauthenticated, WebSocketDisconnect, KeyError):
+        except TimeoutError:  # a slow start is not a bad session: the screen connects again
+            with contextlib.suppress(Exception):
+                await ws.close(code=4408)
+            return
+        except (ValueError, Unauthenticated, WebSocketDisconnect, KeyError):
             with contextlib.suppress(Exception):
                 await ws.close(code=4401)
             return

@@ -242,6 +242,7 @@ def test_customer_display_follows_the_cart(browser: Any, tmp_path: Path, threads
             cashier.fill("#staff-id", "ann")
             cashier.fill("#pin", "1234")
             cashier.press("#pin", "Enter")
+            cashier.wait_for_selector("#till:not(.hidden)")
             cashier.wait_for_selector("#conn.ok")
             for n, code in enumerate((WATER, MILK), 1):
                 cashier.fill("#code", code)

@@ -449,5 +449,5 @@ document.addEventListener("keydown", (ev) => {
   handOver($("#orders-link"));
   const session = await takeHandOver();
   if (session && session.kind === "staff") await loggedIn(session);
-  else show("login");
+  else if (!state.token) show("login");  // a quick login may have finished meanwhile
 })();

@@ -313,5 +313,5 @@ function cancelOrder(o) {
   handOver($("#back-link"));
   const session = await takeHandOver();
   if (session && session.kind === "staff") await enter(session);
-  else show("login");
+  else if (!state.token) show("login");  // a quick login may have finished meanwhile
 })();
