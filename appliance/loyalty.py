@@ -289,12 +289,8 @@ class Loyalty:
         """Ask the hub to redeem (any thread); None when it cannot be reached. Declines are raised."""
         body = {"op": "redeem", "customer": r.customer, "points": r.points, "partial": r.partial, "ref": r.sale_id,
                 "staff": r.staff}  # fmt: skip
-        try:
-            return ask(self.remote, "loyalty-move", body, request_id=r.move_id, timeout=self.timeout,
-                       retries=self.retries)  # fmt: skip
-        except TillboxError:  # the shop answered no: it took nothing
-            self.holds.refused(r.move_id)
-            raise
+        return self.holds.ask(self.remote, "loyalty-move", body, move_id=r.move_id, timeout=self.timeout,
+                              retries=self.retries)  # fmt: skip
 
     def tender(self, sale: Sale, r: PointsRedemption, answer: Mapping[str, Any] | None) -> Tender:
         """Put the points on the sale: as the hub answered, else offline within limits, else from local points."""

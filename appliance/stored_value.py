@@ -177,6 +177,15 @@ class Holds:
         with self._lock:
             self._refused.add(move_id)
 
+    def ask(self, remote: Remote | None, name: str, body: Mapping[str, Any], *, move_id: str,
+            timeout: float | None, retries: int) -> dict[str, Any] | None:  # fmt: skip
+        """:func:`ask` the shop for a held movement (any thread); a refusal is noted (:meth:`refused`) and raised."""
+        try:
+            return ask(remote, name, body, request_id=move_id, timeout=timeout, retries=retries)
+        except TillboxError:  # the shop answered no: it took nothing
+            self.refused(move_id)
+            raise
+
     def state(self, conn: sqlite3.Connection, move_id: str) -> str | None:
         row = conn.execute("SELECT state FROM account_auths WHERE id = ?", (move_id,)).fetchone()
         return None if row is None else str(row[0])
@@ -551,12 +560,8 @@ class StoredValue:
         """Ask the hub to redeem (any thread); None when it cannot be reached. Declines are raised."""
         body = {"op": "redeem", "account": r.account, "amount": r.amount, "currency": r.currency,
                 "partial": r.partial, "ref": r.sale_id, "staff": r.staff}  # fmt: skip
-        try:
-            return ask(self.remote, "stored-value-move", body, request_id=r.move_id, timeout=self.timeout,
-                       retries=self.retries)  # fmt: skip
-        except TillboxError:  # the shop answered no: it took nothing
-            self.holds.refused(r.move_id)
-            raise
+        return self.holds.ask(self.remote, "stored-value-move", body, move_id=r.move_id, timeout=self.timeout,
+                              retries=self.retries)  # fmt: skip
 
     def tender(self, sale: Sale, r: Redemption, answer: Mapping[str, Any] | None) -> Tender:
         """Put the redemption on the sale: as the hub answered, else offline within limits, else from local balance."""
